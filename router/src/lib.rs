@@ -1,1 +1,15 @@
-//! Router core.
+//! Tern's server core: the subject trie, clients and their subscriptions,
+//! monitoring, and the command line of the `tern` binary.
+
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod config_file;
+pub mod logging;
+pub mod monitor;
+pub mod options;
+pub mod outbound;
+pub mod server;
+pub mod subject;
+pub mod sublist;

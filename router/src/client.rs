@@ -1,0 +1,703 @@
+//! One client connection: its shared state, and the reader task that parses
+//! what it sends and routes each message straight into subscribers' buffers.
+
+use bytes::{Bytes, BytesMut};
+use nats_proto::encode::{write_err, write_hmsg, write_msg};
+use nats_proto::{Limits, Op, Parser, ProtoError};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::Notify;
+
+use crate::outbound::{Outbound, PushError, WriteFailure};
+use crate::server::Server;
+use crate::subject::{valid_publish_subject, valid_subscribe_subject};
+use crate::sublist::SubItem;
+
+/// Why a connection ended, with nats-server's names (shown in /connz `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    ClientClosed,
+    ReadError,
+    WriteError,
+    SlowConsumerPendingBytes,
+    SlowConsumerWriteDeadline,
+    ProtocolViolation,
+    AuthenticationTimeout,
+    AuthenticationViolation,
+    MaxPayloadExceeded,
+    MaxControlLineExceeded,
+    MaxConnectionsExceeded,
+    StaleConnection,
+    ServerShutdown,
+}
+
+impl CloseReason {
+    /// The text nats-server reports for this reason.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "Client Closed",
+            CloseReason::ReadError => "Read Error",
+            CloseReason::WriteError => "Write Error",
+            CloseReason::SlowConsumerPendingBytes => "Slow Consumer (Pending Bytes)",
+            CloseReason::SlowConsumerWriteDeadline => "Slow Consumer (Write Deadline)",
+            CloseReason::ProtocolViolation => "Protocol Violation",
+            CloseReason::AuthenticationTimeout => "Authentication Timeout",
+            CloseReason::AuthenticationViolation => "Authentication Failure",
+            CloseReason::MaxPayloadExceeded => "Maximum Payload Exceeded",
+            CloseReason::MaxControlLineExceeded => "Maximum Control Line Exceeded",
+            CloseReason::MaxConnectionsExceeded => "Maximum Connections Exceeded",
+            CloseReason::StaleConnection => "Stale Connection",
+            CloseReason::ServerShutdown => "Server Shutdown",
+        }
+    }
+}
+
+/// What a client said about itself in CONNECT, for monitoring.
+#[derive(Debug, Clone, Default)]
+pub struct ClientMeta {
+    pub name: String,
+    pub lang: String,
+    pub version: String,
+    pub user: Option<String>,
+    pub last_activity: Option<SystemTime>,
+    pub rtt: Option<Duration>,
+}
+
+/// A subscription as the trie stores it.
+pub struct Subscription {
+    /// Unique across the server, the trie's key.
+    pub id: u64,
+    pub client: Arc<Client>,
+    pub subject: Bytes,
+    pub queue: Option<Bytes>,
+    pub sid: Bytes,
+    /// Auto-unsubscribe limit; 0 means none.
+    pub max: AtomicU64,
+    pub delivered: AtomicU64,
+}
+
+/// Shared handle to a subscription.
+pub type SubRef = Arc<Subscription>;
+
+impl SubItem for SubRef {
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// The part of a connection other tasks touch: its outbound buffer, its
+/// subscriptions and its counters.
+pub struct Client {
+    pub cid: u64,
+    pub addr: SocketAddr,
+    pub start: SystemTime,
+    pub out: Outbound,
+    /// CONNECT `echo`: whether this client receives its own messages.
+    pub echo: AtomicBool,
+    /// CONNECT `headers`: whether HMSG may be sent, or headers must be stripped.
+    pub headers: AtomicBool,
+    pub subs: Mutex<HashMap<Bytes, SubRef>>,
+    pub meta: Mutex<ClientMeta>,
+    pub in_msgs: AtomicU64,
+    pub in_bytes: AtomicU64,
+    reason: OnceLock<CloseReason>,
+    closed: Notify,
+    is_closed: AtomicBool,
+}
+
+impl Client {
+    /// A freshly accepted connection.
+    pub fn new(cid: u64, addr: SocketAddr, max_pending: usize) -> Self {
+        Client {
+            cid,
+            addr,
+            start: SystemTime::now(),
+            out: Outbound::new(max_pending),
+            echo: AtomicBool::new(true),
+            headers: AtomicBool::new(false),
+            subs: Mutex::new(HashMap::new()),
+            meta: Mutex::new(ClientMeta::default()),
+            in_msgs: AtomicU64::new(0),
+            in_bytes: AtomicU64::new(0),
+            reason: OnceLock::new(),
+            closed: Notify::new(),
+            is_closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Starts closing the connection: the writer flushes what is queued
+    /// (unless `abort`), the reader stops. The first reason given wins.
+    pub fn close(&self, reason: CloseReason, abort: bool) {
+        let _ = self.reason.set(reason);
+        self.is_closed.store(true, Ordering::Release);
+        if abort {
+            self.out.abort();
+        } else {
+            self.out.close();
+        }
+        self.closed.notify_waiters();
+        self.closed.notify_one();
+    }
+
+    /// Whether closing has started.
+    pub fn is_closed(&self) -> bool {
+        self.is_closed.load(Ordering::Acquire)
+    }
+
+    /// Why the connection closed, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.reason.get().copied()
+    }
+
+    /// Queues a protocol line (not counted as a message).
+    pub fn send_proto(&self, bytes: &[u8]) {
+        let _ = self.out.push(false, |b| b.extend_from_slice(bytes));
+    }
+
+    /// Queues `-ERR 'text'`.
+    pub fn send_err(&self, text: &str) {
+        let _ = self.out.push(false, |b| write_err(b, text));
+    }
+}
+
+/// CONNECT options, with nats-server's defaults for fields left out.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct ConnectOpts {
+    verbose: bool,
+    pedantic: bool,
+    echo: bool,
+    headers: bool,
+    no_responders: bool,
+    protocol: i64,
+    name: String,
+    lang: String,
+    version: String,
+    user: Option<String>,
+    pass: Option<String>,
+    auth_token: Option<String>,
+}
+
+impl Default for ConnectOpts {
+    fn default() -> Self {
+        ConnectOpts {
+            verbose: true,
+            pedantic: true,
+            echo: true,
+            headers: false,
+            no_responders: false,
+            protocol: 0,
+            name: String::new(),
+            lang: String::new(),
+            version: String::new(),
+            user: None,
+            pass: None,
+            auth_token: None,
+        }
+    }
+}
+
+/// Connection-local state owned by the reader task.
+struct Session {
+    server: Arc<Server>,
+    client: Arc<Client>,
+    parser: Parser,
+    connected: bool,
+    verbose: bool,
+    pedantic: bool,
+    no_responders: bool,
+    pings_out: u32,
+    last_in: Instant,
+    /// Messages and bytes this read batch delivered, added to server totals per batch.
+    out_msgs: u64,
+    out_bytes: u64,
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve<R, W>(server: Arc<Server>, client: Arc<Client>, reader: R, writer: W)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let writer_client = client.clone();
+    let writer_server = server.clone();
+    let write_task = tokio::spawn(async move {
+        let deadline = writer_server.opts.write_deadline;
+        match writer_client.out.run_writer(writer, deadline).await {
+            Ok(()) => {}
+            Err(WriteFailure::Io) => writer_client.close(CloseReason::WriteError, true),
+            Err(WriteFailure::Deadline) => {
+                writer_server.count_slow_consumer(&writer_client);
+                writer_client.close(CloseReason::SlowConsumerWriteDeadline, true);
+            }
+        }
+    });
+
+    let mut session = Session {
+        parser: Parser::new(Limits {
+            max_control_line: server.opts.max_control_line,
+            max_payload: server.opts.max_payload,
+        }),
+        server: server.clone(),
+        client: client.clone(),
+        connected: false,
+        verbose: false,
+        pedantic: false,
+        no_responders: false,
+        pings_out: 0,
+        last_in: Instant::now(),
+        out_msgs: 0,
+        out_bytes: 0,
+    };
+    session.read_loop(reader).await;
+    session.cleanup();
+    let _ = write_task.await;
+    server.remove_client(&client);
+}
+
+impl Session {
+    async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut reader: R) {
+        let opts = &self.server.opts;
+        let auth_deadline = self
+            .server
+            .opts
+            .auth
+            .required()
+            .then(|| tokio::time::Instant::now() + opts.auth_timeout);
+        let ping_interval = opts.ping_interval;
+        let mut ping_timer =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+        let mut buf = BytesMut::with_capacity(32 * 1024);
+        loop {
+            let want = self.parser.bytes_wanted(buf.len()).max(16 * 1024);
+            buf.reserve(want);
+            let auth_sleep = async {
+                match auth_deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = self.client.closed.notified() => return,
+                res = reader.read_buf(&mut buf) => match res {
+                    Ok(0) => { self.client.close(CloseReason::ClientClosed, false); return; }
+                    Ok(_) => {
+                        if !self.process(&mut buf) { return; }
+                        if self.client.is_closed() { return; }
+                    }
+                    Err(_) => { self.client.close(CloseReason::ReadError, true); return; }
+                },
+                _ = auth_sleep, if !self.connected => {
+                    self.client.send_err("Authentication Timeout");
+                    self.client.close(CloseReason::AuthenticationTimeout, false);
+                    return;
+                }
+                _ = ping_timer.tick() => {
+                    if !self.ping_tick() { return; }
+                }
+            }
+        }
+    }
+
+    /// Sends a keep-alive PING, or closes a connection that missed too many.
+    fn ping_tick(&mut self) -> bool {
+        let interval = self.server.opts.ping_interval;
+        if self.last_in.elapsed() < interval && self.pings_out == 0 {
+            return true;
+        }
+        if self.pings_out + 1 > self.server.opts.ping_max {
+            self.client.send_err("Stale Connection");
+            self.client.close(CloseReason::StaleConnection, false);
+            return false;
+        }
+        self.pings_out += 1;
+        self.client.send_proto(b"PING\r\n");
+        true
+    }
+
+    /// Handles every complete operation in `buf`. Returns false once the
+    /// connection must close.
+    fn process(&mut self, buf: &mut BytesMut) -> bool {
+        self.last_in = Instant::now();
+        let mut in_msgs = 0u64;
+        let mut in_bytes = 0u64;
+        let ok = loop {
+            match self.parser.parse(buf) {
+                Ok(Some(op)) => {
+                    if let Op::Pub { payload, .. } | Op::HPub { payload, .. } = &op {
+                        in_msgs += 1;
+                        in_bytes += payload.len() as u64;
+                    }
+                    if let Op::HPub { headers, .. } = &op {
+                        in_bytes += headers.len() as u64;
+                    }
+                    if !self.handle(op) {
+                        break false;
+                    }
+                }
+                Ok(None) => break true,
+                Err(e) => {
+                    self.protocol_error(e);
+                    break false;
+                }
+            }
+        };
+        self.client.in_msgs.fetch_add(in_msgs, Ordering::Relaxed);
+        self.client.in_bytes.fetch_add(in_bytes, Ordering::Relaxed);
+        self.server
+            .add_traffic(in_msgs, in_bytes, self.out_msgs, self.out_bytes);
+        self.out_msgs = 0;
+        self.out_bytes = 0;
+        ok
+    }
+
+    fn protocol_error(&mut self, e: ProtoError) {
+        if !self.connected && self.server.opts.auth.required() {
+            // nats-server checks authentication before it parses anything else.
+            self.auth_violation();
+            return;
+        }
+        tracing::debug!(cid = self.client.cid, error = %e, "protocol error");
+        if let Some(text) = e.client_error_text() {
+            self.client.send_err(text);
+        }
+        let reason = match e {
+            ProtoError::MaxPayload { .. } => CloseReason::MaxPayloadExceeded,
+            ProtoError::MaxControlLine => CloseReason::MaxControlLineExceeded,
+            _ => CloseReason::ProtocolViolation,
+        };
+        self.client.close(reason, false);
+    }
+
+    fn auth_violation(&mut self) {
+        self.client.send_err("Authorization Violation");
+        self.client
+            .close(CloseReason::AuthenticationViolation, false);
+    }
+
+    fn ok(&self) {
+        if self.verbose {
+            self.client.send_proto(b"+OK\r\n");
+        }
+    }
+
+    /// Handles one operation; false means the connection is closing.
+    fn handle(&mut self, op: Op) -> bool {
+        if !self.connected && self.server.opts.auth.required() && !matches!(op, Op::Connect(_)) {
+            self.auth_violation();
+            return false;
+        }
+        if self.server.opts.trace {
+            tracing::trace!(cid = self.client.cid, op = op.verb(), "<<-");
+        }
+        match op {
+            Op::Pub {
+                subject,
+                reply,
+                payload,
+            } => {
+                self.publish(subject, reply, None, payload);
+                true
+            }
+            Op::HPub {
+                subject,
+                reply,
+                headers,
+                payload,
+            } => {
+                if !self.client.headers.load(Ordering::Relaxed) {
+                    // nats-server refuses HPUB from a client that did not ask
+                    // for headers, closing without an -ERR.
+                    tracing::debug!(cid = self.client.cid, "HPUB without headers support");
+                    self.client.close(CloseReason::ProtocolViolation, false);
+                    return false;
+                }
+                self.publish(subject, reply, Some(headers), payload);
+                true
+            }
+            Op::Sub {
+                subject,
+                queue,
+                sid,
+            } => {
+                self.subscribe(subject, queue, sid);
+                true
+            }
+            Op::Unsub { sid, max } => {
+                self.unsubscribe(sid, max);
+                self.ok();
+                true
+            }
+            Op::Ping => {
+                self.client.send_proto(b"PONG\r\n");
+                true
+            }
+            Op::Pong => {
+                self.pings_out = 0;
+                true
+            }
+            Op::Connect(json) => self.connect(&json),
+            Op::Ok | Op::Err(_) => true,
+            Op::Info(_) | Op::Msg { .. } | Op::HMsg { .. } => {
+                // Server-to-client verbs are not client operations.
+                self.protocol_error(ProtoError::UnknownOp);
+                false
+            }
+        }
+    }
+
+    fn connect(&mut self, json: &[u8]) -> bool {
+        let opts: ConnectOpts = match serde_json::from_slice(json) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::debug!(cid = self.client.cid, error = %e, "bad CONNECT");
+                self.client.close(CloseReason::ProtocolViolation, false);
+                return false;
+            }
+        };
+        if !self.connected
+            && !self
+                .server
+                .authenticate(&opts.user, &opts.pass, &opts.auth_token)
+        {
+            self.auth_violation();
+            return false;
+        }
+        if !(0..=1).contains(&opts.protocol) {
+            self.client.send_err("invalid client protocol");
+            self.client.close(CloseReason::ProtocolViolation, false);
+            return false;
+        }
+        if opts.no_responders && !opts.headers {
+            self.client
+                .send_err("no responders requires headers support");
+            self.client.close(CloseReason::ProtocolViolation, false);
+            return false;
+        }
+        self.verbose = opts.verbose;
+        self.pedantic = opts.pedantic;
+        self.no_responders = opts.no_responders;
+        self.client.echo.store(opts.echo, Ordering::Relaxed);
+        self.client.headers.store(opts.headers, Ordering::Relaxed);
+        {
+            let mut meta = self.client.meta.lock();
+            meta.name = opts.name;
+            meta.lang = opts.lang;
+            meta.version = opts.version;
+            meta.user = opts.user;
+        }
+        self.connected = true;
+        self.ok();
+        true
+    }
+
+    fn subscribe(&mut self, subject: Bytes, queue: Option<Bytes>, sid: Bytes) {
+        let server = &self.server;
+        let max_subs = server.opts.max_subscriptions;
+        let valid = valid_subscribe_subject(&subject)
+            && queue
+                .as_deref()
+                .is_none_or(crate::subject::valid_queue_name);
+        if !valid {
+            self.client.send_err("Invalid Subject");
+            return;
+        }
+        let mut subs = self.client.subs.lock();
+        if subs.contains_key(&sid) {
+            // nats-server keeps the existing subscription for a reused sid.
+            drop(subs);
+            self.ok();
+            return;
+        }
+        if max_subs > 0 && subs.len() >= max_subs {
+            drop(subs);
+            tracing::error!(cid = self.client.cid, "maximum subscriptions exceeded");
+            self.client.send_err("maximum subscriptions exceeded");
+            return;
+        }
+        let sub = Arc::new(Subscription {
+            id: server.next_sub_id(),
+            client: self.client.clone(),
+            subject: subject.clone(),
+            queue: queue.clone(),
+            sid: sid.clone(),
+            max: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+        });
+        if server
+            .sublist
+            .insert(&subject, queue.as_deref(), sub.clone())
+            .is_err()
+        {
+            drop(subs);
+            self.client.send_err("Invalid Subject");
+            return;
+        }
+        subs.insert(sid, sub);
+        drop(subs);
+        self.ok();
+    }
+
+    fn unsubscribe(&mut self, sid: Bytes, max: Option<u64>) {
+        let sub = match self.client.subs.lock().get(&sid) {
+            Some(s) => s.clone(),
+            None => return,
+        };
+        if let Some(max) = max {
+            if max > sub.delivered.load(Ordering::Relaxed) {
+                sub.max.store(max, Ordering::Relaxed);
+                return;
+            }
+        }
+        self.server.remove_subscription(&sub);
+    }
+
+    fn publish(
+        &mut self,
+        subject: Bytes,
+        reply: Option<Bytes>,
+        headers: Option<Bytes>,
+        payload: Bytes,
+    ) {
+        if self.pedantic && !valid_publish_subject(&subject) {
+            self.client.send_err("Invalid Publish Subject");
+        }
+        let result = self.server.sublist.matches(&subject);
+        let me = self.client.cid;
+        let mut delivered = false;
+        for sub in &result.plain {
+            if self.deliver(
+                sub,
+                &subject,
+                reply.as_deref(),
+                headers.as_deref(),
+                &payload,
+            ) {
+                delivered = true;
+            }
+        }
+        for (_, members) in &result.queues {
+            // Start at a random member and take the first that can accept it.
+            let n = members.len();
+            let start = if n > 1 { fastrand(n) } else { 0 };
+            for i in 0..n {
+                let sub = &members[(start + i) % n];
+                if sub.client.cid == me && !sub.client.echo.load(Ordering::Relaxed) {
+                    continue;
+                }
+                if self.deliver(
+                    sub,
+                    &subject,
+                    reply.as_deref(),
+                    headers.as_deref(),
+                    &payload,
+                ) {
+                    delivered = true;
+                    break;
+                }
+            }
+        }
+        if !delivered && self.no_responders {
+            if let Some(reply) = &reply {
+                self.send_no_responders(reply);
+            }
+        }
+        self.ok();
+    }
+
+    /// Writes one message into a subscriber's buffer; false if it did not take it.
+    #[inline]
+    fn deliver(
+        &mut self,
+        sub: &SubRef,
+        subject: &[u8],
+        reply: Option<&[u8]>,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+    ) -> bool {
+        let target = &sub.client;
+        if target.cid == self.client.cid && !target.echo.load(Ordering::Relaxed) {
+            return false;
+        }
+        let max = sub.max.load(Ordering::Relaxed);
+        let n = sub.delivered.fetch_add(1, Ordering::Relaxed) + 1;
+        if max > 0 && n > max {
+            return false;
+        }
+        let hdrs = headers.filter(|_| target.headers.load(Ordering::Relaxed));
+        let size = payload.len() + hdrs.map_or(0, |h| h.len());
+        let res = target.out.push(true, |b| match hdrs {
+            Some(h) => write_hmsg(b, subject, &sub.sid, reply, h, payload),
+            None => write_msg(b, subject, &sub.sid, reply, payload),
+        });
+        match res {
+            Ok(()) => {
+                self.out_msgs += 1;
+                self.out_bytes += size as u64;
+            }
+            Err(PushError::SlowConsumer) => {
+                self.server.count_slow_consumer(target);
+                tracing::warn!(
+                    cid = target.cid,
+                    "slow consumer detected: pending bytes over max_pending"
+                );
+                target.close(CloseReason::SlowConsumerPendingBytes, true);
+            }
+            Err(PushError::Closed) => {}
+        }
+        if max > 0 && n == max {
+            self.server.remove_subscription(sub);
+        }
+        true
+    }
+
+    /// Answers a request nobody can serve with a 503 status on the
+    /// requester's own reply subscription, as nats-server does.
+    fn send_no_responders(&mut self, reply: &Bytes) {
+        let result = self.server.sublist.matches(reply);
+        let mine = result
+            .plain
+            .iter()
+            .chain(result.queues.iter().flat_map(|(_, m)| m.iter()))
+            .find(|s| s.client.cid == self.client.cid)
+            .cloned();
+        if let Some(sub) = mine {
+            let _ = self.client.out.push(true, |b| {
+                write_hmsg(b, reply, &sub.sid, None, b"NATS/1.0 503\r\n\r\n", b"")
+            });
+        }
+    }
+
+    /// Removes every subscription of a closing connection.
+    fn cleanup(&mut self) {
+        let subs: Vec<SubRef> = self.client.subs.lock().drain().map(|(_, s)| s).collect();
+        for sub in subs {
+            self.server
+                .sublist
+                .remove(&sub.subject, sub.queue.as_deref(), sub.id);
+        }
+    }
+}
+
+/// A cheap per-thread random index for queue member selection.
+fn fastrand(n: usize) -> usize {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(rand::random::<u64>() | 1);
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x % n as u64) as usize
+    })
+}

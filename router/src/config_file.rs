@@ -1,0 +1,225 @@
+//! Maps a nats-server style config file onto [`Options`].
+//!
+//! Every option Tern supports can be set here; keys Tern does not know are
+//! warned about (nats-server would reject some of them, Tern accepts the
+//! file so it can start in place of nats-server), and bad values fail with
+//! their line and column. docs/CONFIG.md lists the keys.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::cli::ServerArgs;
+use crate::config::{parse_file, ConfigError, Map, Value};
+use crate::options::{Options, UserEntry};
+
+/// Loads `-c FILE` (if given) into `opts`.
+pub fn load(args: &ServerArgs, opts: &mut Options) -> Result<(), ConfigError> {
+    let Some(path) = &args.config else {
+        return Ok(());
+    };
+    let map = parse_file(path)?;
+    opts.config_file = Some(path.clone());
+    for w in apply(&map, opts)? {
+        eprintln!("tern: warning: {w}");
+    }
+    Ok(())
+}
+
+fn port(v: &Value) -> Result<u16, ConfigError> {
+    match v.as_i64()? {
+        -1 => Ok(0),
+        p @ 0..=65535 => Ok(p as u16),
+        p => Err(v.error(format!("invalid port {p}"))),
+    }
+}
+
+fn ip(v: &Value) -> Result<IpAddr, ConfigError> {
+    let s = v.as_str()?;
+    let s = if s == "localhost" { "127.0.0.1" } else { s };
+    s.parse()
+        .map_err(|_| v.error(format!("invalid host address {s:?}")))
+}
+
+fn usize_of(v: &Value) -> Result<usize, ConfigError> {
+    let n = v.as_size_bytes()?;
+    usize::try_from(n).map_err(|_| v.error("value must not be negative"))
+}
+
+/// Splits `host:port` (the `listen` forms nats-server accepts).
+fn listen(v: &Value, host: &mut IpAddr, p: &mut u16) -> Result<(), ConfigError> {
+    if let Ok(n) = v.as_i64() {
+        *p = port(v).map_err(|_| v.error(format!("invalid port {n}")))?;
+        return Ok(());
+    }
+    let s = v.as_str()?;
+    let (h, ps) = s
+        .rsplit_once(':')
+        .ok_or_else(|| v.error(format!("listen needs host:port, got {s:?}")))?;
+    if !h.is_empty() {
+        let h = if h == "localhost" { "127.0.0.1" } else { h };
+        *host = h
+            .parse()
+            .map_err(|_| v.error(format!("invalid host {h:?}")))?;
+    }
+    *p = match ps.parse::<i32>() {
+        Ok(-1) => 0,
+        Ok(n) if (0..=65535).contains(&n) => n as u16,
+        _ => return Err(v.error(format!("invalid port {ps:?}"))),
+    };
+    Ok(())
+}
+
+fn authorization(
+    m: &Map,
+    opts: &mut Options,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    for e in m.iter() {
+        let v = &e.value;
+        match e.key.to_ascii_lowercase().as_str() {
+            "user" | "username" => opts.auth.user = Some(v.as_str()?.to_owned()),
+            "password" | "pass" => opts.auth.password = Some(v.as_str()?.to_owned()),
+            "token" => opts.auth.token = Some(v.as_str()?.to_owned()),
+            "timeout" => opts.auth_timeout = seconds(v)?,
+            "users" => {
+                for u in v.as_array()? {
+                    let um = u.as_map()?;
+                    let user = um
+                        .get("user")
+                        .ok_or_else(|| u.error("user entry without `user`"))?;
+                    let pass = um
+                        .get("password")
+                        .ok_or_else(|| u.error("user entry without `password`"))?;
+                    opts.auth.users.push(UserEntry {
+                        user: user.as_str()?.to_owned(),
+                        password: pass.as_str()?.to_owned(),
+                    });
+                }
+            }
+            _ if e.used_as_variable => {}
+            other => warnings.push(format!(
+                "{}:{}: authorization option {other:?} is not supported by Tern and is ignored",
+                e.key_pos.line, e.key_pos.column
+            )),
+        }
+    }
+    Ok(())
+}
+
+/// Durations given as a bare number mean seconds, as in nats-server;
+/// fractional seconds (`auth timeout: 0.5`) are allowed.
+fn seconds(v: &Value) -> Result<Duration, ConfigError> {
+    if let Ok(f) = v.as_f64() {
+        if f < 0.0 {
+            return Err(v.error("duration must not be negative"));
+        }
+        return Ok(Duration::from_secs_f64(f));
+    }
+    v.as_duration()
+}
+
+/// Applies every key of `map`; returns warnings for keys Tern ignores.
+pub fn apply(map: &Map, opts: &mut Options) -> Result<Vec<String>, ConfigError> {
+    let mut warnings = Vec::new();
+    for e in map.iter() {
+        let v = &e.value;
+        match e.key.to_ascii_lowercase().as_str() {
+            "listen" => listen(v, &mut opts.host, &mut opts.port)?,
+            "host" | "net" => opts.host = ip(v)?,
+            "port" => opts.port = port(v)?,
+            "server_name" => opts.server_name = Some(v.as_str()?.to_owned()),
+            "http_port" | "monitor_port" => opts.http_port = Some(port(v)?),
+            "http" => {
+                let mut host = opts.http_host.unwrap_or(opts.host);
+                let mut p = opts.http_port.unwrap_or(0);
+                listen(v, &mut host, &mut p)?;
+                opts.http_host = Some(host);
+                opts.http_port = Some(p);
+            }
+            "http_host" => opts.http_host = Some(ip(v)?),
+            "max_payload" => opts.max_payload = usize_of(v)?,
+            "max_control_line" => opts.max_control_line = usize_of(v)?,
+            "max_connections" | "max_conn" => opts.max_connections = usize_of(v)?,
+            "max_subscriptions" | "max_subs" => opts.max_subscriptions = usize_of(v)?,
+            "max_pending" => opts.max_pending = usize_of(v)?,
+            "write_deadline" => opts.write_deadline = seconds(v)?,
+            "ping_interval" => opts.ping_interval = seconds(v)?,
+            "ping_max" => opts.ping_max = usize_of(v)? as u32,
+            "lame_duck_duration" => opts.lame_duck_duration = seconds(v)?,
+            "lame_duck_grace_period" => opts.lame_duck_grace_period = seconds(v)?,
+            "debug" => opts.debug = v.as_bool()?,
+            "trace" => opts.trace = v.as_bool()?,
+            "log_file" => opts.log_file = Some(v.as_str()?.into()),
+            "pid_file" => opts.pid_file = Some(v.as_str()?.into()),
+            "ports_file_dir" => opts.ports_file_dir = Some(v.as_str()?.into()),
+            "authorization" => authorization(v.as_map()?, opts, &mut warnings)?,
+            _ if e.used_as_variable => {}
+            other => warnings.push(format!(
+                "{}:{}: option {other:?} is not supported by Tern and is ignored",
+                e.key_pos.line, e.key_pos.column
+            )),
+        }
+    }
+    if opts.max_payload > 64 * 1024 * 1024 {
+        return Err(map
+            .get("max_payload")
+            .map(|v| v.error("max_payload cannot exceed 64MB"))
+            .unwrap_or_else(|| {
+                ConfigError::at(&Default::default(), "max_payload cannot exceed 64MB")
+            }));
+    }
+    Ok(warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_str;
+
+    fn opts(text: &str) -> (Options, Vec<String>) {
+        let mut o = Options::default();
+        let w = apply(&parse_str(text).unwrap(), &mut o).unwrap();
+        (o, w)
+    }
+
+    #[test]
+    fn common_keys() {
+        let (o, w) = opts(
+            "port: 4333\nhttp_port = 8333\nserver_name n1\nmax_payload: 2MB\nping_interval: \"30s\"\n\
+             ping_max: 3\nmax_pending: 1MB\nwrite_deadline: \"2s\"\n\
+             authorization { user: derek, password: \"s3cr3t\", timeout: 0.5 }\n",
+        );
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(o.port, 4333);
+        assert_eq!(o.http_port, Some(8333));
+        assert_eq!(o.server_name.as_deref(), Some("n1"));
+        assert_eq!(o.max_payload, 2 * 1024 * 1024);
+        assert_eq!(o.ping_interval, Duration::from_secs(30));
+        assert_eq!(o.ping_max, 3);
+        assert_eq!(o.write_deadline, Duration::from_secs(2));
+        assert_eq!(o.auth.user.as_deref(), Some("derek"));
+        assert_eq!(o.auth_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn listen_and_unknown_keys() {
+        let (o, w) = opts("listen: 127.0.0.1:4555\njetstream: {}\n");
+        assert_eq!(o.port, 4555);
+        assert_eq!(o.host, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("jetstream"), "{w:?}");
+    }
+
+    #[test]
+    fn bad_values_report_position() {
+        let mut o = Options::default();
+        let e = apply(
+            &parse_str("port: 4222\nmax_payload: \"lots\"\n").unwrap(),
+            &mut o,
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        let e = apply(&parse_str("port: 70000\n").unwrap(), &mut o).unwrap_err();
+        assert_eq!(e.line, 1, "{e}");
+    }
+}

@@ -1,0 +1,170 @@
+//! A connection's outbound side: a bounded buffer that any publisher's reader
+//! task appends to, and one writer task that drains it to the socket.
+//!
+//! Publishers never wait on a subscriber's socket: they copy the frame into
+//! the buffer under a short lock and move on. A subscriber whose buffer passes
+//! `max_pending`, or whose socket takes longer than the write deadline, is a
+//! slow consumer and gets disconnected; nobody else is slowed down.
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+
+/// Why appending to a buffer was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The connection is closing; the frame was dropped.
+    Closed,
+    /// The frame would take the buffer past `max_pending`.
+    SlowConsumer,
+}
+
+struct Pending {
+    buf: BytesMut,
+    msgs: u64,
+    bytes: u64,
+    closed: bool,
+}
+
+/// The buffer between publishers and one connection's socket.
+pub struct Outbound {
+    pending: Mutex<Pending>,
+    wake: Notify,
+    max_pending: usize,
+    /// Set once the writer should flush what is left and stop.
+    closing: AtomicBool,
+}
+
+/// Totals a writer reports when it finishes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FlushTotals {
+    pub msgs: u64,
+    pub bytes: u64,
+}
+
+impl Outbound {
+    /// A buffer that refuses frames past `max_pending` bytes.
+    pub fn new(max_pending: usize) -> Self {
+        Outbound {
+            pending: Mutex::new(Pending {
+                buf: BytesMut::with_capacity(4096),
+                msgs: 0,
+                bytes: 0,
+                closed: false,
+            }),
+            wake: Notify::new(),
+            max_pending,
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// Appends a protocol line or frame built by `write`, counting it as a
+    /// delivered message when `is_msg`. Wakes the writer if it was idle.
+    #[inline]
+    pub fn push(&self, is_msg: bool, write: impl FnOnce(&mut BytesMut)) -> Result<(), PushError> {
+        let was_empty;
+        {
+            let mut p = self.pending.lock();
+            if p.closed {
+                return Err(PushError::Closed);
+            }
+            was_empty = p.buf.is_empty();
+            let before = p.buf.len();
+            write(&mut p.buf);
+            let added = p.buf.len() - before;
+            if p.buf.len() > self.max_pending && is_msg {
+                p.buf.truncate(before);
+                return Err(PushError::SlowConsumer);
+            }
+            if is_msg {
+                p.msgs += 1;
+                p.bytes += added as u64;
+            }
+        }
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Bytes waiting to be written (for /connz `pending_bytes`).
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.lock().buf.len()
+    }
+
+    /// Messages and bytes delivered into this buffer so far.
+    pub fn totals(&self) -> FlushTotals {
+        let p = self.pending.lock();
+        FlushTotals {
+            msgs: p.msgs,
+            bytes: p.bytes,
+        }
+    }
+
+    /// Asks the writer to write what is buffered, then stop. Later pushes are refused.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Drops everything buffered and stops the writer at once (slow consumers:
+    /// their backlog cannot be delivered in time anyway).
+    pub fn abort(&self) {
+        {
+            let mut p = self.pending.lock();
+            p.buf.clear();
+            p.closed = true;
+        }
+        self.close();
+    }
+
+    /// Runs the writer until the buffer is closed or a write fails or stalls
+    /// past `deadline`. Returns `Err` with the reason on failure.
+    pub async fn run_writer<W: AsyncWrite + Unpin>(
+        &self,
+        mut sink: W,
+        deadline: Duration,
+    ) -> Result<(), WriteFailure> {
+        let mut spare = BytesMut::with_capacity(4096);
+        loop {
+            let closing = self.closing.load(Ordering::Acquire);
+            {
+                let mut p = self.pending.lock();
+                if closing {
+                    p.closed = true;
+                }
+                std::mem::swap(&mut p.buf, &mut spare);
+            }
+            if spare.is_empty() {
+                if closing {
+                    let _ = tokio::time::timeout(deadline, sink.shutdown()).await;
+                    return Ok(());
+                }
+                self.wake.notified().await;
+                continue;
+            }
+            match tokio::time::timeout(deadline, sink.write_all(&spare)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(WriteFailure::Io),
+                Err(_) => return Err(WriteFailure::Deadline),
+            }
+            spare.clear();
+            // Do not keep a huge buffer around after a burst.
+            if spare.capacity() > 1 << 20 {
+                spare = BytesMut::with_capacity(4096);
+            }
+        }
+    }
+}
+
+/// Why a writer stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// The socket returned an error (peer gone).
+    Io,
+    /// A write did not complete within the write deadline: a slow consumer.
+    Deadline,
+}

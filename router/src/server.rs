@@ -1,0 +1,345 @@
+//! The server: accepts connections, owns the subscription trie and the
+//! table of clients, and coordinates shutdown and lame-duck mode.
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::client::{self, Client, CloseReason, SubRef};
+use crate::options::Options;
+use crate::sublist::Sublist;
+
+/// The version Tern reports in INFO and /varz.
+///
+/// Clients gate features (headers, no-responders) on the nats-server version
+/// they see, so Tern reports the nats-server release whose client protocol
+/// it implements, with its own version as semver build metadata.
+pub const VERSION: &str = concat!("2.10.0+tern.", env!("CARGO_PKG_VERSION"));
+
+/// Closed clients remembered for /connz `state=closed`.
+const CLOSED_RING: usize = 1000;
+
+/// The INFO fields every client sees, fixed at start-up.
+#[derive(Debug, Clone, Serialize)]
+pub struct InfoBase {
+    pub server_id: String,
+    pub server_name: String,
+    pub version: String,
+    pub proto: u8,
+    pub go: String,
+    pub host: String,
+    pub port: u16,
+    pub headers: bool,
+    pub max_payload: usize,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub auth_required: bool,
+}
+
+/// The INFO a particular client is sent.
+#[derive(Serialize)]
+struct ClientInfo<'a> {
+    #[serde(flatten)]
+    base: &'a InfoBase,
+    client_id: u64,
+    client_ip: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    ldm: bool,
+}
+
+/// A connection that has closed, as /connz reports it.
+#[derive(Debug, Clone)]
+pub struct ClosedClient {
+    pub cid: u64,
+    pub addr: SocketAddr,
+    pub start: SystemTime,
+    pub stop: SystemTime,
+    pub reason: &'static str,
+    pub name: String,
+    pub lang: String,
+    pub version: String,
+    pub in_msgs: u64,
+    pub in_bytes: u64,
+    pub out_msgs: u64,
+    pub out_bytes: u64,
+}
+
+/// Server-wide message totals.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub in_msgs: AtomicU64,
+    pub in_bytes: AtomicU64,
+    pub out_msgs: AtomicU64,
+    pub out_bytes: AtomicU64,
+    pub slow_consumers: AtomicU64,
+    pub total_connections: AtomicU64,
+}
+
+/// Shared server state.
+pub struct Server {
+    pub opts: Options,
+    pub info: InfoBase,
+    pub sublist: Sublist<SubRef>,
+    pub clients: Mutex<HashMap<u64, Arc<Client>>>,
+    pub closed: Mutex<std::collections::VecDeque<ClosedClient>>,
+    pub traffic: Traffic,
+    pub start: SystemTime,
+    pub started: Instant,
+    /// Bound addresses, known once listening.
+    pub client_addr: Mutex<Option<SocketAddr>>,
+    pub http_addr: Mutex<Option<SocketAddr>>,
+    next_cid: AtomicU64,
+    next_sub: AtomicU64,
+    lame_duck: AtomicBool,
+    shutdown: Notify,
+    shutting_down: AtomicBool,
+}
+
+impl Server {
+    /// A server for `opts` with the identity `server_id`.
+    pub fn new(opts: Options, server_id: String) -> Arc<Self> {
+        let name = opts
+            .server_name
+            .clone()
+            .unwrap_or_else(|| server_id.clone());
+        let info = InfoBase {
+            server_id,
+            server_name: name,
+            version: VERSION.to_owned(),
+            proto: 1,
+            go: "rust".to_owned(),
+            host: opts.host.to_string(),
+            port: opts.port,
+            headers: true,
+            max_payload: opts.max_payload,
+            auth_required: opts.auth.required(),
+        };
+        Arc::new(Server {
+            opts,
+            info,
+            sublist: Sublist::new(),
+            clients: Mutex::new(HashMap::new()),
+            closed: Mutex::new(Default::default()),
+            traffic: Traffic::default(),
+            start: SystemTime::now(),
+            started: Instant::now(),
+            client_addr: Mutex::new(None),
+            http_addr: Mutex::new(None),
+            next_cid: AtomicU64::new(1),
+            next_sub: AtomicU64::new(1),
+            lame_duck: AtomicBool::new(false),
+            shutdown: Notify::new(),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// A fresh subscription id.
+    pub fn next_sub_id(&self) -> u64 {
+        self.next_sub.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Checks CONNECT credentials against the configured authorization.
+    pub fn authenticate(
+        &self,
+        user: &Option<String>,
+        pass: &Option<String>,
+        token: &Option<String>,
+    ) -> bool {
+        let auth = &self.opts.auth;
+        if !auth.required() {
+            return true;
+        }
+        if let Some(t) = &auth.token {
+            if token.as_deref() == Some(t.as_str()) {
+                return true;
+            }
+        }
+        if let (Some(u), Some(p)) = (&auth.user, &auth.password) {
+            if user.as_deref() == Some(u.as_str()) && pass.as_deref() == Some(p.as_str()) {
+                return true;
+            }
+        }
+        auth.users.iter().any(|e| {
+            user.as_deref() == Some(e.user.as_str()) && pass.as_deref() == Some(e.password.as_str())
+        })
+    }
+
+    /// Adds one read batch's traffic to the server totals.
+    #[inline]
+    pub fn add_traffic(&self, in_msgs: u64, in_bytes: u64, out_msgs: u64, out_bytes: u64) {
+        let t = &self.traffic;
+        if in_msgs > 0 {
+            t.in_msgs.fetch_add(in_msgs, Ordering::Relaxed);
+            t.in_bytes.fetch_add(in_bytes, Ordering::Relaxed);
+        }
+        if out_msgs > 0 {
+            t.out_msgs.fetch_add(out_msgs, Ordering::Relaxed);
+            t.out_bytes.fetch_add(out_bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a slow consumer once per connection.
+    pub fn count_slow_consumer(&self, client: &Client) {
+        if !client.is_closed() {
+            self.traffic.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Removes a subscription from the trie and from its client.
+    pub fn remove_subscription(&self, sub: &SubRef) {
+        let removed = {
+            let mut subs = sub.client.subs.lock();
+            match subs.get(&sub.sid) {
+                Some(s) if s.id == sub.id => subs.remove(&sub.sid).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            self.sublist
+                .remove(&sub.subject, sub.queue.as_deref(), sub.id);
+        }
+    }
+
+    /// The INFO line for a client.
+    pub fn info_line(&self, client: &Client) -> Vec<u8> {
+        let info = ClientInfo {
+            base: &self.info,
+            client_id: client.cid,
+            client_ip: client.addr.ip().to_string(),
+            ldm: self.lame_duck.load(Ordering::Relaxed),
+        };
+        let mut line = b"INFO ".to_vec();
+        serde_json::to_writer(&mut line, &info).expect("INFO serializes");
+        line.extend_from_slice(b"\r\n");
+        line
+    }
+
+    /// Forgets a finished connection, keeping a summary for /connz.
+    pub fn remove_client(&self, client: &Arc<Client>) {
+        self.clients.lock().remove(&client.cid);
+        let meta = client.meta.lock().clone();
+        let totals = client.out.totals();
+        let closed = ClosedClient {
+            cid: client.cid,
+            addr: client.addr,
+            start: client.start,
+            stop: SystemTime::now(),
+            reason: client
+                .close_reason()
+                .unwrap_or(CloseReason::ClientClosed)
+                .as_str(),
+            name: meta.name,
+            lang: meta.lang,
+            version: meta.version,
+            in_msgs: client.in_msgs.load(Ordering::Relaxed),
+            in_bytes: client.in_bytes.load(Ordering::Relaxed),
+            out_msgs: totals.msgs,
+            out_bytes: totals.bytes,
+        };
+        let mut ring = self.closed.lock();
+        if ring.len() >= CLOSED_RING {
+            ring.pop_front();
+        }
+        ring.push_back(closed);
+    }
+
+    /// Whether lame-duck mode has started.
+    pub fn in_lame_duck(&self) -> bool {
+        self.lame_duck.load(Ordering::Relaxed)
+    }
+
+    /// Accepts clients on `listener` until shutdown.
+    pub async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.notified() => return,
+                res = transport::tcp::accept(&listener) => match res {
+                    Ok((stream, addr)) => self.clone().start_client(stream, addr),
+                    Err(e) => {
+                        tracing::error!(error = %e, "accept failed");
+                        // Out of descriptors: back off instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_client(self: Arc<Self>, stream: tokio::net::TcpStream, addr: SocketAddr) {
+        if self.in_lame_duck() || self.shutting_down.load(Ordering::Relaxed) {
+            return; // dropping the stream closes it
+        }
+        let cid = self.next_cid.fetch_add(1, Ordering::Relaxed);
+        let client = Arc::new(Client::new(cid, addr, self.opts.max_pending));
+        client.send_proto(&self.info_line(&client));
+        {
+            let mut clients = self.clients.lock();
+            let max = self.opts.max_connections;
+            if max > 0 && clients.len() >= max {
+                drop(clients);
+                tracing::error!(%addr, "maximum connections exceeded");
+                client.send_err("maximum connections exceeded");
+                client.close(CloseReason::MaxConnectionsExceeded, false);
+            } else {
+                clients.insert(cid, client.clone());
+                self.traffic
+                    .total_connections
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tracing::debug!(cid, %addr, "client connection created");
+        let (reader, writer) = stream.into_split();
+        tokio::spawn(client::serve(self, client, reader, writer));
+    }
+
+    /// Stops accepting and closes every client after flushing what it has queued.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        self.shutdown.notify_waiters();
+        let clients: Vec<Arc<Client>> = self.clients.lock().values().cloned().collect();
+        for c in &clients {
+            c.close(CloseReason::ServerShutdown, false);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.clients.lock().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Lame-duck mode: stop accepting, tell clients (INFO `ldm`), then close
+    /// them spread over the lame-duck duration after a grace period.
+    pub async fn lame_duck(&self) {
+        if self.lame_duck.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        tracing::info!("entering lame duck mode, stop accepting new clients");
+        self.shutdown.notify_waiters();
+        let clients: Vec<Arc<Client>> = self.clients.lock().values().cloned().collect();
+        for c in &clients {
+            c.send_proto(&self.info_line(c));
+        }
+        tokio::time::sleep(self.opts.lame_duck_grace_period).await;
+        let clients: Vec<Arc<Client>> = self.clients.lock().values().cloned().collect();
+        let span = self
+            .opts
+            .lame_duck_duration
+            .saturating_sub(self.opts.lame_duck_grace_period);
+        let step = if clients.is_empty() {
+            Duration::ZERO
+        } else {
+            span / clients.len() as u32
+        };
+        for c in clients {
+            c.close(CloseReason::ServerShutdown, false);
+            if !step.is_zero() {
+                tokio::time::sleep(step.min(Duration::from_secs(1))).await;
+            }
+        }
+        self.shutdown().await;
+    }
+}
