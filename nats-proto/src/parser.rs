@@ -38,7 +38,7 @@ pub enum ProtoError {
     /// followed by CRLF. nats-server answers `-ERR 'Unknown Protocol Operation'`.
     UnknownOp,
     /// The control line grew past `max_control_line`. nats-server answers
-    /// `-ERR 'Maximum Control Line Exceeded'`.
+    /// `-ERR 'maximum control line exceeded'`.
     MaxControlLine,
     /// A declared size over `max_payload`. nats-server answers
     /// `-ERR 'Maximum Payload Violation'`.
@@ -56,7 +56,7 @@ impl ProtoError {
     pub fn client_error_text(&self) -> Option<&'static str> {
         match self {
             ProtoError::UnknownOp => Some("Unknown Protocol Operation"),
-            ProtoError::MaxControlLine => Some("Maximum Control Line Exceeded"),
+            ProtoError::MaxControlLine => Some("maximum control line exceeded"),
             ProtoError::MaxPayload { .. } => Some("Maximum Payload Violation"),
             ProtoError::BadArgs { .. } => None,
         }
@@ -231,9 +231,7 @@ impl Parser {
         };
         let line = &buf[..line_end];
         let (verb, arg_start) = match_verb(line).ok_or(ProtoError::UnknownOp)?;
-        if line_end - arg_start > self.limits.max_control_line {
-            return Err(ProtoError::MaxControlLine);
-        }
+        self.check_line_len(verb, arg_start, line_end)?;
         let simple = |buf: &mut BytesMut, op: Op| {
             buf.advance(nl + 1);
             Ok(Some(op))
@@ -391,30 +389,39 @@ impl Parser {
         }))
     }
 
-    /// Rejects a line without its newline as early as nats-server does: a
-    /// byte that cannot continue any verb, or arguments past the limit.
-    fn check_partial(&self, buf: &[u8]) -> Result<(), ProtoError> {
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let sep = buf.iter().position(|&b| is_sep(b) || b == b'\r');
-        let head = &buf[..sep.unwrap_or(buf.len())];
-        let verb_ok = VERBS.iter().any(|(v, needs_sep)| {
-            if !needs_sep && head.len() >= v.len() {
-                head[..v.len()].eq_ignore_ascii_case(v)
-            } else if sep.is_some() {
-                head.eq_ignore_ascii_case(v)
-            } else {
-                head.len() <= v.len() && v[..head.len()].eq_ignore_ascii_case(head)
-            }
-        });
-        if !verb_ok {
-            return Err(ProtoError::UnknownOp);
-        }
-        if buf.len() - head.len() > self.limits.max_control_line {
+    /// The control line limit, applied alike to complete and partial lines
+    /// (`end` excludes the CR of CRLF): the arguments may not pass it, nor
+    /// may the run of separators before them, so that a line still waiting
+    /// for its newline is never buffered without bound.
+    fn check_line_len(&self, verb: &[u8], arg_start: usize, end: usize) -> Result<(), ProtoError> {
+        let max = self.limits.max_control_line;
+        if end - arg_start > max || arg_start - verb.len() > max {
             return Err(ProtoError::MaxControlLine);
         }
         Ok(())
+    }
+
+    /// Rejects a line without its newline as early as nats-server does: a
+    /// byte that cannot continue any verb, or arguments past the limit.
+    ///
+    /// It measures exactly what the complete line will be measured by, so a
+    /// stream is accepted or rejected the same however it is split: a line
+    /// rejected here would be rejected, with the same error, once complete.
+    fn check_partial(&self, buf: &[u8]) -> Result<(), ProtoError> {
+        // A final CR may be the start of the CRLF, which is never counted.
+        let line = buf.strip_suffix(b"\r").unwrap_or(buf);
+        match match_verb(line) {
+            Some((verb, arg_start)) => self.check_line_len(verb, arg_start, line.len()),
+            // Not a verb yet, but it may still become one ("SU", or "SUB"
+            // awaiting its separator).
+            None if VERBS.iter().any(|(v, _)| {
+                line.len() <= v.len() && v[..line.len()].eq_ignore_ascii_case(line)
+            }) =>
+            {
+                Ok(())
+            }
+            None => Err(ProtoError::UnknownOp),
+        }
     }
 }
 

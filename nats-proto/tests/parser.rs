@@ -202,7 +202,7 @@ fn limits() {
     );
     assert_eq!(
         ProtoError::MaxControlLine.client_error_text(),
-        Some("Maximum Control Line Exceeded")
+        Some("maximum control line exceeded")
     );
 }
 
@@ -337,4 +337,89 @@ proptest! {
     fn garbage_never_panics(data in prop::collection::vec(any::<u8>(), 0..256)) {
         let _ = parse_all(Limits::default(), &data);
     }
+}
+
+/// Parses `chunks` fed one after another into one buffer.
+fn parse_pieces(limits: Limits, chunks: &[&[u8]]) -> Result<Vec<Op>, ProtoError> {
+    let mut parser = Parser::new(limits);
+    let mut buf = BytesMut::new();
+    let mut ops = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        while let Some(op) = parser.parse(&mut buf)? {
+            ops.push(op);
+        }
+    }
+    Ok(ops)
+}
+
+// Found by the `parser` fuzz target: a control line whose arguments are
+// exactly at the limit was accepted whole but rejected when it arrived split
+// after its CR, or in the middle of the separators after the verb, because
+// the early (no newline yet) check counted the separators and the CR.
+#[test]
+fn control_line_limit_does_not_depend_on_splits() {
+    let limits = Limits {
+        max_control_line: 3,
+        max_payload: 16,
+    };
+    let sub = Op::Sub {
+        subject: b("a"),
+        queue: None,
+        sid: b("1"),
+    };
+    assert_eq!(parse_all(limits, b"SUB a 1\r\n"), Ok(vec![sub.clone()]));
+    assert_eq!(
+        parse_pieces(limits, &[b"SUB a 1\r", b"\n"]),
+        Ok(vec![sub.clone()])
+    );
+    assert_eq!(parse_pieces(limits, &[b"SUB  a 1", b"\r\n"]), Ok(vec![sub]));
+    let chunks: Vec<&[u8]> = b"PUB foo bar 0\r\n\r\n".chunks(1).collect();
+    let limits = Limits {
+        max_control_line: 9,
+        ..limits
+    };
+    assert_eq!(
+        parse_pieces(limits, &chunks),
+        parse_all(limits, b"PUB foo bar 0\r\n\r\n")
+    );
+}
+
+// A line without a newline must not be buffered without bound: whatever it
+// would be rejected for once complete, it is rejected for as soon as the
+// bytes that decide it have arrived.
+#[test]
+fn unterminated_lines_are_bounded() {
+    let limits = Limits {
+        max_control_line: 16,
+        max_payload: 16,
+    };
+    let long = |head: &str, fill: u8| {
+        let mut v = head.as_bytes().to_vec();
+        v.resize(head.len() + 1000, fill);
+        v
+    };
+    // Trailing junk after PING counts as its arguments, complete or not.
+    assert_eq!(
+        parse_all(limits, &[&long("PING", b'x')[..], b"\r\n"].concat()),
+        Err(ProtoError::MaxControlLine)
+    );
+    assert_eq!(
+        parse_all(limits, &long("PING", b'x')),
+        Err(ProtoError::MaxControlLine)
+    );
+    // CONNECT must be followed by a separator: known to be unknown early.
+    assert_eq!(
+        parse_all(limits, &long("CONNECT", b'x')),
+        Err(ProtoError::UnknownOp)
+    );
+    // An endless run of separators after the verb.
+    assert_eq!(
+        parse_all(limits, &long("SUB", b' ')),
+        Err(ProtoError::MaxControlLine)
+    );
+    assert_eq!(
+        parse_all(limits, &[&long("SUB", b' ')[..], b"a 1\r\n"].concat()),
+        Err(ProtoError::MaxControlLine)
+    );
 }

@@ -65,8 +65,6 @@ pub struct ClientMeta {
     pub lang: String,
     pub version: String,
     pub user: Option<String>,
-    pub last_activity: Option<SystemTime>,
-    pub rtt: Option<Duration>,
 }
 
 /// A subscription as the trie stores it.
@@ -106,6 +104,8 @@ pub struct Client {
     pub meta: Mutex<ClientMeta>,
     pub in_msgs: AtomicU64,
     pub in_bytes: AtomicU64,
+    /// Unix time in nanoseconds of the last read from this client.
+    pub last_activity: AtomicU64,
     reason: OnceLock<CloseReason>,
     closed: Notify,
     is_closed: AtomicBool,
@@ -125,6 +125,7 @@ impl Client {
             meta: Mutex::new(ClientMeta::default()),
             in_msgs: AtomicU64::new(0),
             in_bytes: AtomicU64::new(0),
+            last_activity: AtomicU64::new(unix_nanos(SystemTime::now())),
             reason: OnceLock::new(),
             closed: Notify::new(),
             is_closed: AtomicBool::new(false),
@@ -143,6 +144,11 @@ impl Client {
         }
         self.closed.notify_waiters();
         self.closed.notify_one();
+    }
+
+    /// When the client last sent anything.
+    pub fn last_activity(&self) -> SystemTime {
+        std::time::UNIX_EPOCH + Duration::from_nanos(self.last_activity.load(Ordering::Relaxed))
     }
 
     /// Whether closing has started.
@@ -212,6 +218,11 @@ struct Session {
     verbose: bool,
     pedantic: bool,
     no_responders: bool,
+    /// CONNECT `protocol`: 1 means the client understands async INFO.
+    protocol: i64,
+    first_pong_sent: bool,
+    /// Time this read batch spent waiting on slow subscribers.
+    stalled: Duration,
     pings_out: u32,
     last_in: Instant,
     /// Messages and bytes this read batch delivered, added to server totals per batch.
@@ -247,9 +258,13 @@ where
         server: server.clone(),
         client: client.clone(),
         connected: false,
-        verbose: false,
-        pedantic: false,
+        // nats-server's defaults for a client that has not sent CONNECT.
+        verbose: true,
+        pedantic: true,
         no_responders: false,
+        protocol: 0,
+        first_pong_sent: false,
+        stalled: Duration::ZERO,
         pings_out: 0,
         last_in: Instant::now(),
         out_msgs: 0,
@@ -289,7 +304,7 @@ impl Session {
                 res = reader.read_buf(&mut buf) => match res {
                     Ok(0) => { self.client.close(CloseReason::ClientClosed, false); return; }
                     Ok(_) => {
-                        if !self.process(&mut buf) { return; }
+                        if !self.process(&mut buf).await { return; }
                         if self.client.is_closed() { return; }
                     }
                     Err(_) => { self.client.close(CloseReason::ReadError, true); return; }
@@ -324,8 +339,10 @@ impl Session {
 
     /// Handles every complete operation in `buf`. Returns false once the
     /// connection must close.
-    fn process(&mut self, buf: &mut BytesMut) -> bool {
+    async fn process(&mut self, buf: &mut BytesMut) -> bool {
         self.last_in = Instant::now();
+        self.stalled = Duration::ZERO;
+        self.client.last_activity.store(unix_nanos(SystemTime::now()), Ordering::Relaxed);
         let mut in_msgs = 0u64;
         let mut in_bytes = 0u64;
         let ok = loop {
@@ -338,7 +355,7 @@ impl Session {
                     if let Op::HPub { headers, .. } = &op {
                         in_bytes += headers.len() as u64;
                     }
-                    if !self.handle(op) {
+                    if !self.handle(op).await {
                         break false;
                     }
                 }
@@ -389,7 +406,7 @@ impl Session {
     }
 
     /// Handles one operation; false means the connection is closing.
-    fn handle(&mut self, op: Op) -> bool {
+    async fn handle(&mut self, op: Op) -> bool {
         if !self.connected && self.server.opts.auth.required() && !matches!(op, Op::Connect(_)) {
             self.auth_violation();
             return false;
@@ -403,7 +420,7 @@ impl Session {
                 reply,
                 payload,
             } => {
-                self.publish(subject, reply, None, payload);
+                self.publish(subject, reply, None, payload).await;
                 true
             }
             Op::HPub {
@@ -419,7 +436,9 @@ impl Session {
                     self.client.close(CloseReason::ProtocolViolation, false);
                     return false;
                 }
-                self.publish(subject, reply, Some(headers), payload);
+                // An empty header block is delivered as a plain MSG, as nats-server does.
+                let headers = (!headers.is_empty()).then_some(headers);
+                self.publish(subject, reply, headers, payload).await;
                 true
             }
             Op::Sub {
@@ -437,6 +456,14 @@ impl Session {
             }
             Op::Ping => {
                 self.client.send_proto(b"PONG\r\n");
+                if self.connected && !self.first_pong_sent {
+                    self.first_pong_sent = true;
+                    if self.protocol >= 1 {
+                        // Clients that understand async INFO learn their account.
+                        let line = self.server.connect_info_line(&self.client);
+                        self.client.send_proto(&line);
+                    }
+                }
                 true
             }
             Op::Pong => {
@@ -444,8 +471,13 @@ impl Session {
                 true
             }
             Op::Connect(json) => self.connect(&json),
-            Op::Ok | Op::Err(_) => true,
-            Op::Info(_) | Op::Msg { .. } | Op::HMsg { .. } => {
+            Op::Ok | Op::Info(_) => true,
+            Op::Err(_) => {
+                // nats-server closes a client that sends -ERR, without answering.
+                self.client.close(CloseReason::ProtocolViolation, false);
+                false
+            }
+            Op::Msg { .. } | Op::HMsg { .. } => {
                 // Server-to-client verbs are not client operations.
                 self.protocol_error(ProtoError::UnknownOp);
                 false
@@ -454,7 +486,13 @@ impl Session {
     }
 
     fn connect(&mut self, json: &[u8]) -> bool {
-        let opts: ConnectOpts = match serde_json::from_slice(json) {
+        let is_object = json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        let parsed = if is_object {
+            serde_json::from_slice::<ConnectOpts>(json).map_err(|e| e.to_string())
+        } else {
+            Err("CONNECT argument is not a JSON object".to_owned())
+        };
+        let opts = match parsed {
             Ok(o) => o,
             Err(e) => {
                 tracing::debug!(cid = self.client.cid, error = %e, "bad CONNECT");
@@ -484,6 +522,7 @@ impl Session {
         self.verbose = opts.verbose;
         self.pedantic = opts.pedantic;
         self.no_responders = opts.no_responders;
+        self.protocol = opts.protocol;
         self.client.echo.store(opts.echo, Ordering::Relaxed);
         self.client.headers.store(opts.headers, Ordering::Relaxed);
         {
@@ -559,7 +598,7 @@ impl Session {
         self.server.remove_subscription(&sub);
     }
 
-    fn publish(
+    async fn publish(
         &mut self,
         subject: Bytes,
         reply: Option<Bytes>,
@@ -569,19 +608,16 @@ impl Session {
         if self.pedantic && !valid_publish_subject(&subject) {
             self.client.send_err("Invalid Publish Subject");
         }
+        // nats-server acknowledges before it delivers, so +OK precedes any MSG it causes.
+        self.ok();
         let result = self.server.sublist.matches(&subject);
         let me = self.client.cid;
+        let reply_ref = reply.as_deref();
+        let headers_ref = headers.as_deref();
         let mut delivered = false;
         for sub in &result.plain {
-            if self.deliver(
-                sub,
-                &subject,
-                reply.as_deref(),
-                headers.as_deref(),
-                &payload,
-            ) {
-                delivered = true;
-            }
+            self.stall_if_behind(&sub.client).await;
+            delivered |= self.deliver(sub, &subject, reply_ref, headers_ref, &payload);
         }
         for (_, members) in &result.queues {
             // Start at a random member and take the first that can accept it.
@@ -592,13 +628,8 @@ impl Session {
                 if sub.client.cid == me && !sub.client.echo.load(Ordering::Relaxed) {
                     continue;
                 }
-                if self.deliver(
-                    sub,
-                    &subject,
-                    reply.as_deref(),
-                    headers.as_deref(),
-                    &payload,
-                ) {
+                self.stall_if_behind(&sub.client).await;
+                if self.deliver(sub, &subject, reply_ref, headers_ref, &payload) {
                     delivered = true;
                     break;
                 }
@@ -606,10 +637,29 @@ impl Session {
         }
         if !delivered && self.no_responders {
             if let Some(reply) = &reply {
-                self.send_no_responders(reply);
+                self.send_no_responders(&subject, reply);
             }
         }
-        self.ok();
+    }
+
+    /// Fast-producer flow control, as nats-server does it: when a subscriber's
+    /// buffer is over three quarters full, the publisher waits briefly for it
+    /// to drain (2 ms, 5 ms once full, at most 10 ms per read) before adding
+    /// more. Short waits slow a flood down without starving anyone.
+    async fn stall_if_behind(&mut self, target: &Arc<Client>) {
+        const MIN: Duration = Duration::from_millis(2);
+        const MAX: Duration = Duration::from_millis(5);
+        const TOTAL: Duration = Duration::from_millis(10);
+        if target.cid == self.client.cid || self.stalled >= TOTAL {
+            return;
+        }
+        let Some(full) = target.out.behind() else {
+            return;
+        };
+        let ttl = if full { MAX } else { MIN }.min(TOTAL - self.stalled);
+        let start = Instant::now();
+        let _ = tokio::time::timeout(ttl, target.out.drained()).await;
+        self.stalled += start.elapsed();
     }
 
     /// Writes one message into a subscriber's buffer; false if it did not take it.
@@ -660,7 +710,7 @@ impl Session {
 
     /// Answers a request nobody can serve with a 503 status on the
     /// requester's own reply subscription, as nats-server does.
-    fn send_no_responders(&mut self, reply: &Bytes) {
+    fn send_no_responders(&mut self, subject: &[u8], reply: &Bytes) {
         let result = self.server.sublist.matches(reply);
         let mine = result
             .plain
@@ -669,9 +719,14 @@ impl Session {
             .find(|s| s.client.cid == self.client.cid)
             .cloned();
         if let Some(sub) = mine {
-            let _ = self.client.out.push(true, |b| {
-                write_hmsg(b, reply, &sub.sid, None, b"NATS/1.0 503\r\n\r\n", b"")
-            });
+            let mut hdr = Vec::with_capacity(48 + subject.len());
+            hdr.extend_from_slice(b"NATS/1.0 503\r\nNats-Subject: ");
+            hdr.extend_from_slice(subject);
+            hdr.extend_from_slice(b"\r\n\r\n");
+            let _ = self
+                .client
+                .out
+                .push(true, |b| write_hmsg(b, reply, &sub.sid, None, &hdr, b""));
         }
     }
 
@@ -684,6 +739,10 @@ impl Session {
                 .remove(&sub.subject, sub.queue.as_deref(), sub.id);
         }
     }
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// A cheap per-thread random index for queue member selection.

@@ -65,9 +65,21 @@ fn main() -> ExitCode {
     runtime.block_on(run(opts))
 }
 
-async fn run(opts: Options) -> ExitCode {
+async fn run(mut opts: Options) -> ExitCode {
     let identity = peer::ServerIdentity::generate();
+    let addr = SocketAddr::new(opts.host, opts.port);
+    let listener = match transport::tcp::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tern: error listening on port: {addr}, {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let bound = listener.local_addr().expect("bound address");
+    // INFO and /varz report the port actually bound (`-p -1` picks one).
+    opts.port = bound.port();
     let server = Server::new(opts.clone(), identity.public_key());
+    *server.client_addr.lock() = Some(bound);
     tracing::info!("Starting tern");
     tracing::info!("  Version:  {VERSION}");
     tracing::info!("  ID:       {}", server.info.server_id);
@@ -97,16 +109,6 @@ async fn run(opts: Options) -> ExitCode {
             }
         }
     }
-    let addr = SocketAddr::new(opts.host, opts.port);
-    let listener = match transport::tcp::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("Error listening on port: {addr}, {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let bound = listener.local_addr().expect("bound address");
-    *server.client_addr.lock() = Some(bound);
     tracing::info!("Listening for client connections on {bound}");
     if let Some(dir) = &opts.ports_file_dir {
         if let Err(e) = write_ports_file(dir, bound, *server.http_addr.lock()) {

@@ -238,7 +238,7 @@ pub fn connz_value(s: &Server, q: &ConnzQuery) -> Result<Value, String> {
             let meta = c.meta.lock().clone();
             let subs = c.subs.lock();
             let totals = c.out.totals();
-            let last = meta.last_activity.unwrap_or(c.start);
+            let last = c.last_activity();
             conns.push(ConnInfo {
                 cid: c.cid,
                 kind: "Client",
@@ -308,16 +308,16 @@ pub fn connz_value(s: &Server, q: &ConnzQuery) -> Result<Value, String> {
     match sort {
         "cid" | "" => conns.sort_by_key(|c| c.cid),
         "start" => conns.sort_by_key(|c| c.sort_start),
-        "subs" => conns.sort_by(|a, b| b.subscriptions.cmp(&a.subscriptions)),
-        "pending" => conns.sort_by(|a, b| b.pending_bytes.cmp(&a.pending_bytes)),
-        "msgs_to" => conns.sort_by(|a, b| b.out_msgs.cmp(&a.out_msgs)),
-        "msgs_from" => conns.sort_by(|a, b| b.in_msgs.cmp(&a.in_msgs)),
-        "bytes_to" => conns.sort_by(|a, b| b.out_bytes.cmp(&a.out_bytes)),
-        "bytes_from" => conns.sort_by(|a, b| b.in_bytes.cmp(&a.in_bytes)),
-        "last" => conns.sort_by(|a, b| b.sort_last.cmp(&a.sort_last)),
-        "idle" => conns.sort_by(|a, b| a.sort_last.cmp(&b.sort_last)),
+        "subs" => conns.sort_by_key(|c| std::cmp::Reverse(c.subscriptions)),
+        "pending" => conns.sort_by_key(|c| std::cmp::Reverse(c.pending_bytes)),
+        "msgs_to" => conns.sort_by_key(|c| std::cmp::Reverse(c.out_msgs)),
+        "msgs_from" => conns.sort_by_key(|c| std::cmp::Reverse(c.in_msgs)),
+        "bytes_to" => conns.sort_by_key(|c| std::cmp::Reverse(c.out_bytes)),
+        "bytes_from" => conns.sort_by_key(|c| std::cmp::Reverse(c.in_bytes)),
+        "last" => conns.sort_by_key(|c| std::cmp::Reverse(c.sort_last)),
+        "idle" => conns.sort_by_key(|c| c.sort_last),
         "uptime" => conns.sort_by_key(|c| c.sort_start),
-        "stop" if state == "closed" => conns.sort_by(|a, b| b.sort_stop.cmp(&a.sort_stop)),
+        "stop" if state == "closed" => conns.sort_by_key(|c| std::cmp::Reverse(c.sort_stop)),
         "reason" if state == "closed" => conns.sort_by(|a, b| a.reason.cmp(&b.reason)),
         other => return Err(format!("invalid sorting option: {other}")),
     }

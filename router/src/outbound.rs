@@ -8,7 +8,7 @@
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -36,6 +36,10 @@ pub struct Outbound {
     max_pending: usize,
     /// Set once the writer should flush what is left and stop.
     closing: AtomicBool,
+    /// Signalled when a write brings the buffer back under the stall threshold.
+    drained: Notify,
+    /// Mirror of the buffer's length, so publishers can check it without the lock.
+    len: AtomicUsize,
 }
 
 /// Totals a writer reports when it finishes.
@@ -58,6 +62,8 @@ impl Outbound {
             wake: Notify::new(),
             max_pending,
             closing: AtomicBool::new(false),
+            drained: Notify::new(),
+            len: AtomicUsize::new(0),
         }
     }
 
@@ -83,6 +89,7 @@ impl Outbound {
                 p.msgs += 1;
                 p.bytes += added as u64;
             }
+            self.len.store(p.buf.len(), Ordering::Relaxed);
         }
         if was_empty {
             self.wake.notify_one();
@@ -90,9 +97,24 @@ impl Outbound {
         Ok(())
     }
 
+    /// Whether publishers should slow down for this connection: `None` when
+    /// it keeps up, `Some(full)` when over three quarters of `max_pending`
+    /// (`full` once at the limit).
+    #[inline]
+    pub fn behind(&self) -> Option<bool> {
+        let len = self.len.load(Ordering::Relaxed);
+        let threshold = self.max_pending / 4 * 3;
+        (len > threshold).then_some(len >= self.max_pending)
+    }
+
+    /// Resolves when the writer has drained the buffer below the stall threshold.
+    pub async fn drained(&self) {
+        self.drained.notified().await
+    }
+
     /// Bytes waiting to be written (for /connz `pending_bytes`).
     pub fn pending_bytes(&self) -> usize {
-        self.pending.lock().buf.len()
+        self.len.load(Ordering::Relaxed)
     }
 
     /// Messages and bytes delivered into this buffer so far.
@@ -137,6 +159,7 @@ impl Outbound {
                     p.closed = true;
                 }
                 std::mem::swap(&mut p.buf, &mut spare);
+                self.len.store(0, Ordering::Relaxed);
             }
             if spare.is_empty() {
                 if closing {
@@ -152,6 +175,7 @@ impl Outbound {
                 Err(_) => return Err(WriteFailure::Deadline),
             }
             spare.clear();
+            self.drained.notify_waiters();
             // Do not keep a huge buffer around after a burst.
             if spare.capacity() > 1 << 20 {
                 spare = BytesMut::with_capacity(4096);

@@ -50,6 +50,10 @@ struct ClientInfo<'a> {
     client_ip: String,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     ldm: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    connect_info: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote_account: Option<&'static str>,
 }
 
 /// A connection that has closed, as /connz reports it.
@@ -207,15 +211,28 @@ impl Server {
 
     /// The INFO line for a client.
     pub fn info_line(&self, client: &Client) -> Vec<u8> {
+        self.render_info(client, false)
+    }
+
+    /// The async INFO nats-server sends after the first PONG to clients that
+    /// speak protocol 1, confirming the connection and naming its account.
+    pub fn connect_info_line(&self, client: &Client) -> Vec<u8> {
+        self.render_info(client, true)
+    }
+
+    fn render_info(&self, client: &Client, connect_info: bool) -> Vec<u8> {
         let info = ClientInfo {
             base: &self.info,
             client_id: client.cid,
             client_ip: client.addr.ip().to_string(),
             ldm: self.lame_duck.load(Ordering::Relaxed),
+            connect_info,
+            remote_account: connect_info.then_some("$G"),
         };
         let mut line = b"INFO ".to_vec();
         serde_json::to_writer(&mut line, &info).expect("INFO serializes");
-        line.extend_from_slice(b"\r\n");
+        // nats-server ends INFO with a space before CRLF; some tools match it.
+        line.extend_from_slice(b" \r\n");
         line
     }
 
