@@ -1,6 +1,8 @@
 //! Listeners and links. Transport knows bytes and sockets, never subjects.
 //!
-//! Today: TCP listeners tuned for a message router. TLS, WebSocket and QUIC
-//! links will live here too, each handing the router a plain byte stream.
+//! TCP listeners tuned for a message router (client connections), and QUIC
+//! links between cluster nodes that move authenticated frames; what the
+//! frames mean is up to the router.
 
+pub mod quic;
 pub mod tcp;

@@ -1,0 +1,307 @@
+//! QUIC cluster links on loopback: authentication, refusal, framing.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use peer::ServerIdentity;
+use transport::quic::{LinkError, QuicEndpoint};
+
+const LIMIT: Duration = Duration::from_secs(15);
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+async fn bounded<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .expect("test step timed out")
+}
+
+fn node(id: &ServerIdentity, allowed: &[&ServerIdentity]) -> QuicEndpoint {
+    QuicEndpoint::bind(
+        loopback(),
+        id,
+        allowed.iter().map(|p| p.public_key()).collect(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn pinned_nodes_exchange_frames_both_ways() {
+    bounded(async {
+        let a_id = ServerIdentity::generate();
+        let b_id = ServerIdentity::generate();
+        let a = node(&a_id, &[&b_id]);
+        let b = node(&b_id, &[&a_id]);
+        let b_addr = b.local_addr().unwrap();
+
+        let (dialed, accepted) = tokio::join!(a.connect(b_addr), b.accept());
+        let ab = dialed.unwrap();
+        let ba = accepted.unwrap().unwrap();
+        assert_eq!(ab.peer_key(), b_id.public_key());
+        assert_eq!(ba.peer_key(), a_id.public_key());
+        assert_eq!(ab.remote_addr(), b_addr);
+        assert_eq!(ba.remote_addr(), a.local_addr().unwrap());
+        assert!(ab.rtt() > Duration::ZERO);
+
+        // Control stream: request from A, reply from B.
+        let mut a_ctl = ab.open_control().await.unwrap();
+        a_ctl.send_frame(b"ping").await.unwrap();
+        let mut b_ctl = ba.accept_control().await.unwrap();
+        assert_eq!(&b_ctl.recv_frame().await.unwrap().unwrap()[..], b"ping");
+        b_ctl.send_frame(b"pong").await.unwrap();
+        b_ctl.send_frame(b"").await.unwrap();
+        assert_eq!(&a_ctl.recv_frame().await.unwrap().unwrap()[..], b"pong");
+        assert_eq!(&a_ctl.recv_frame().await.unwrap().unwrap()[..], b"");
+
+        // Message streams both ways, ending cleanly.
+        let mut a_out = ab.open_uni().await.unwrap();
+        let mut b_out = ba.open_uni().await.unwrap();
+        for i in 0..100u32 {
+            a_out.send_frame(&i.to_be_bytes()).await.unwrap();
+            b_out
+                .send_frame_bytes(bytes::Bytes::from(format!("msg {i}")))
+                .await
+                .unwrap();
+        }
+        a_out.finish().unwrap();
+        b_out.finish().unwrap();
+        let mut b_in = ba.accept_uni().await.unwrap();
+        let mut a_in = ab.accept_uni().await.unwrap();
+        for i in 0..100u32 {
+            assert_eq!(
+                &b_in.recv_frame().await.unwrap().unwrap()[..],
+                i.to_be_bytes()
+            );
+            assert_eq!(
+                a_in.recv_frame().await.unwrap().unwrap(),
+                format!("msg {i}").as_bytes()
+            );
+        }
+        assert!(b_in.recv_frame().await.unwrap().is_none());
+        assert!(a_in.recv_frame().await.unwrap().is_none());
+
+        // Closing is seen by the other side, with the reason.
+        ab.close("shutting down");
+        let lost = ba.closed().await;
+        assert!(lost.to_string().contains("shutting down"), "{lost}");
+        assert!(matches!(ba.accept_uni().await, Err(LinkError::Lost(_))));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dialer_not_pinned_by_acceptor_is_refused() {
+    bounded(async {
+        let a_id = ServerIdentity::generate();
+        let b_id = ServerIdentity::generate();
+        let other = ServerIdentity::generate();
+        let a = node(&a_id, &[&b_id]);
+        let b = node(&b_id, &[&other]); // B does not know A.
+        let (dialed, accepted) = tokio::join!(a.connect(b.local_addr().unwrap()), b.accept());
+
+        let err = dialed.expect_err("a refused dialer must never get a link");
+        assert!(matches!(err, LinkError::RefusedByPeer { .. }), "{err:?}");
+        eprintln!("dialer sees: {err}");
+
+        let err = accepted
+            .unwrap()
+            .expect_err("acceptor must not hand out the link");
+        assert!(matches!(err, LinkError::RefusedPeer { .. }), "{err:?}");
+        assert!(err.to_string().contains(&a_id.public_key()), "{err}");
+        eprintln!("acceptor sees: {err}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn acceptor_not_pinned_by_dialer_is_refused() {
+    bounded(async {
+        let a_id = ServerIdentity::generate();
+        let b_id = ServerIdentity::generate();
+        let other = ServerIdentity::generate();
+        let a = node(&a_id, &[&other]); // A does not trust B.
+        let b = node(&b_id, &[&a_id]);
+        let (dialed, accepted) = tokio::join!(a.connect(b.local_addr().unwrap()), b.accept());
+
+        let err = dialed.expect_err("dialer must refuse an unpinned server");
+        assert!(matches!(err, LinkError::RefusedPeer { .. }), "{err:?}");
+        assert!(err.to_string().contains(&b_id.public_key()), "{err}");
+        eprintln!("dialer sees: {err}");
+
+        let err = accepted
+            .unwrap()
+            .expect_err("acceptor must not hand out the link");
+        assert!(matches!(err, LinkError::RefusedByPeer { .. }), "{err:?}");
+        eprintln!("acceptor sees: {err}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn open_cluster_accepts_any_node() {
+    bounded(async {
+        let a_id = ServerIdentity::generate();
+        let b_id = ServerIdentity::generate();
+        let a = node(&a_id, &[]);
+        let b = node(&b_id, &[]);
+        let (dialed, accepted) = tokio::join!(a.connect(b.local_addr().unwrap()), b.accept());
+        assert_eq!(dialed.unwrap().peer_key(), b_id.public_key());
+        assert_eq!(accepted.unwrap().unwrap().peer_key(), a_id.public_key());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn large_frame_does_not_hold_back_another_stream() {
+    bounded(async {
+        let a_id = ServerIdentity::generate();
+        let b_id = ServerIdentity::generate();
+        let a = node(&a_id, &[&b_id]);
+        let b = node(&b_id, &[&a_id]);
+        let (dialed, accepted) = tokio::join!(a.connect(b.local_addr().unwrap()), b.accept());
+        let ab = dialed.unwrap();
+        let ba = accepted.unwrap().unwrap();
+
+        let big = vec![0xA5u8; 1024 * 1024];
+        let mut bulk = ab.open_uni().await.unwrap();
+        let mut small = ab.open_uni().await.unwrap();
+        let sender = tokio::spawn(async move {
+            bulk.send_frame(&big).await.unwrap();
+            bulk.finish().unwrap();
+            for i in 0..50u32 {
+                small.send_frame(&i.to_be_bytes()).await.unwrap();
+            }
+            small.finish().unwrap();
+        });
+
+        // Read the small stream to its end before touching the bulk stream:
+        // this only completes if the unread 1 MiB frame does not block it.
+        let mut bulk_in = ba.accept_uni().await.unwrap();
+        let mut small_in = ba.accept_uni().await.unwrap();
+        for i in 0..50u32 {
+            assert_eq!(
+                &small_in.recv_frame().await.unwrap().unwrap()[..],
+                i.to_be_bytes()
+            );
+        }
+        assert!(small_in.recv_frame().await.unwrap().is_none());
+        let frame = bulk_in.recv_frame().await.unwrap().unwrap();
+        assert_eq!(frame.len(), 1024 * 1024);
+        assert!(frame.iter().all(|&b| b == 0xA5));
+        assert!(bulk_in.recv_frame().await.unwrap().is_none());
+        sender.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_frames_are_refused() {
+    bounded(async {
+        let a_id = ServerIdentity::generate();
+        let b_id = ServerIdentity::generate();
+        let mut a = node(&a_id, &[&b_id]);
+        let mut b = node(&b_id, &[&a_id]);
+        a.set_max_frame(4096);
+        b.set_max_frame(1024);
+        let (dialed, accepted) = tokio::join!(a.connect(b.local_addr().unwrap()), b.accept());
+        let ab = dialed.unwrap();
+        let ba = accepted.unwrap().unwrap();
+
+        let mut out = ab.open_uni().await.unwrap();
+        let err = out.send_frame(&[0u8; 4097]).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LinkError::FrameTooLarge {
+                    len: 4097,
+                    max: 4096
+                }
+            ),
+            "{err:?}"
+        );
+        out.send_frame(&[0u8; 2048]).await.unwrap();
+        let mut inp = ba.accept_uni().await.unwrap();
+        let err = inp.recv_frame().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LinkError::FrameTooLarge {
+                    len: 2048,
+                    max: 1024
+                }
+            ),
+            "{err:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_allow_list_is_a_config_error() {
+    let id = ServerIdentity::generate();
+    let err = QuicEndpoint::bind(loopback(), &id, vec!["NOPE".into()]).unwrap_err();
+    assert!(matches!(err, LinkError::Config(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn dialing_nobody_fails_within_the_timeout() {
+    bounded(async {
+        let a_id = ServerIdentity::generate();
+        let a = node(&a_id, &[]);
+        // A bound but silent UDP socket: nothing answers the handshake.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let err = a
+            .connect(silent.local_addr().unwrap())
+            .await
+            .expect_err("nobody answered");
+        assert!(
+            matches!(err, LinkError::Handshake { .. } | LinkError::Timeout { .. }),
+            "{err:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn silent_peer_is_noticed_as_lost() {
+    bounded(async {
+        let a_id = ServerIdentity::generate();
+        let b_id = ServerIdentity::generate();
+        let a = node(&a_id, &[&b_id]);
+        // B lives on its own runtime, which is then stopped without any
+        // goodbye: to A, B's machine just went silent.
+        let b_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let b_id2 = b_id.clone();
+        let a_key = a_id.public_key();
+        let (b, b_addr) = b_runtime
+            .spawn(async move {
+                let b = QuicEndpoint::bind(loopback(), &b_id2, vec![a_key]).unwrap();
+                let addr = b.local_addr().unwrap();
+                (b, addr)
+            })
+            .await
+            .unwrap();
+        let b = std::sync::Arc::new(b);
+        let b2 = b.clone();
+        let accepted = b_runtime.spawn(async move { b2.accept().await.unwrap().unwrap() });
+        let ab = a.connect(b_addr).await.unwrap();
+        let ba = accepted.await.unwrap();
+        std::mem::forget(ba);
+        std::mem::forget(b);
+        b_runtime.shutdown_background();
+
+        let started = std::time::Instant::now();
+        let lost = ab.closed().await;
+        eprintln!("noticed after {:?}: {lost}", started.elapsed());
+        assert!(matches!(lost, LinkError::Lost(_)), "{lost:?}");
+        assert!(lost.to_string().ends_with("timed out"), "{lost}");
+    })
+    .await;
+}
