@@ -103,9 +103,63 @@ pub struct ServerArgs {
     /// Maximum message payload in bytes.
     #[arg(long = "max_payload", value_name = "BYTES")]
     pub max_payload: Option<usize>,
+    /// Cluster URL to listen on for other nodes (QUIC over UDP), e.g. nats://0.0.0.0:6222.
+    #[arg(long = "cluster", visible_alias = "cluster_listen", value_name = "URL")]
+    pub cluster: Option<String>,
+    /// Seed routes to other nodes, comma separated (nats://host:6222,quic://host2:6222).
+    #[arg(long = "routes", value_name = "URLS")]
+    pub routes: Option<String>,
+    /// Cluster name; every node of a cluster must use the same one.
+    #[arg(long = "cluster_name", value_name = "NAME")]
+    pub cluster_name: Option<String>,
+    /// Cluster URL to advertise to other nodes.
+    #[arg(long = "cluster_advertise", value_name = "HOST:PORT")]
+    pub cluster_advertise: Option<String>,
+    /// Do not advertise this node's client URL to clients of other nodes.
+    #[arg(long = "no_advertise")]
+    pub no_advertise: bool,
+    /// Client URL to advertise in INFO connect_urls.
+    #[arg(long = "client_advertise", value_name = "HOST:PORT")]
+    pub client_advertise: Option<String>,
+    /// File holding the server's nkey seed (created on first start).
+    #[arg(long = "server_key_file", value_name = "FILE")]
+    pub server_key_file: Option<PathBuf>,
     /// Show version and exit.
     #[arg(short = 'v', long = "version")]
     pub version: bool,
+}
+
+/// `nats://user:pass@host:port` (or `quic://`, `nats-route://`) to `host:port`.
+pub fn host_port(url: &str) -> Result<String, String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let rest = rest.trim_end_matches('/');
+    if !rest.contains(':') {
+        return Err(format!("route URL {url:?} has no port"));
+    }
+    Ok(rest.to_owned())
+}
+
+/// A listen URL to a socket address; `localhost` allowed.
+pub fn listen_addr(url: &str) -> Result<std::net::SocketAddr, String> {
+    let hp = host_port(url)?;
+    let (h, p) = hp
+        .rsplit_once(':')
+        .ok_or_else(|| format!("invalid cluster URL {url:?}"))?;
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = match h {
+        "" => IpAddr::from([0, 0, 0, 0]),
+        "localhost" => IpAddr::from([127, 0, 0, 1]),
+        h => h
+            .parse()
+            .map_err(|_| format!("invalid cluster host {h:?}"))?,
+    };
+    let port = match p.parse::<i32>() {
+        Ok(-1) => 0,
+        Ok(n) if (0..=65535).contains(&n) => n as u16,
+        _ => return Err(format!("invalid cluster port {p:?}")),
+    };
+    Ok(std::net::SocketAddr::new(ip, port))
 }
 
 /// Long flags nats-server (Go's flag package) also accepts with one dash.
@@ -127,6 +181,14 @@ const LONG_NAMES: &[&str] = &[
     "pid",
     "ports_file_dir",
     "max_payload",
+    "cluster",
+    "cluster_listen",
+    "routes",
+    "cluster_name",
+    "cluster_advertise",
+    "no_advertise",
+    "client_advertise",
+    "server_key_file",
     "version",
     "help",
 ];
@@ -200,6 +262,33 @@ impl ServerArgs {
         if let Some(m) = self.max_payload {
             opts.max_payload = m;
         }
+        if let Some(c) = &self.cluster {
+            opts.cluster.listen = Some(listen_addr(c)?);
+        }
+        if let Some(r) = &self.routes {
+            opts.cluster.routes = r
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(host_port)
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(n) = &self.cluster_name {
+            opts.cluster.name = n.clone();
+        }
+        if let Some(a) = &self.cluster_advertise {
+            opts.cluster.advertise = Some(host_port(a)?);
+        }
+        opts.cluster.no_advertise |= self.no_advertise;
+        if let Some(a) = &self.client_advertise {
+            opts.client_advertise = Some(host_port(a)?);
+        }
+        if let Some(k) = &self.server_key_file {
+            opts.server_key_file = Some(k.clone());
+        }
+        if opts.cluster.name.is_empty() {
+            opts.cluster.name = crate::cluster::DEFAULT_CLUSTER_NAME.to_owned();
+        }
         Ok(())
     }
 }
@@ -260,6 +349,33 @@ mod tests {
         assert!(parse(&["tern", "-p", "70000"])
             .map(|c| c.server.apply(&mut Options::default()))
             .unwrap()
+            .is_err());
+    }
+
+    #[test]
+    fn cluster_flags() {
+        let cli = parse(&[
+            "tern",
+            "--cluster",
+            "nats://127.0.0.1:6222",
+            "--routes",
+            "nats://a:6222, quic://u:p@b:6223",
+            "--cluster_name",
+            "C1",
+        ])
+        .unwrap();
+        let mut o = Options::default();
+        cli.server.apply(&mut o).unwrap();
+        assert_eq!(o.cluster.listen, Some("127.0.0.1:6222".parse().unwrap()));
+        assert_eq!(
+            o.cluster.routes,
+            vec!["a:6222".to_owned(), "b:6223".to_owned()]
+        );
+        assert_eq!(o.cluster.name, "C1");
+        assert!(parse(&["tern", "--routes", "nats://nohost"])
+            .unwrap()
+            .server
+            .apply(&mut o)
             .is_err());
     }
 

@@ -100,6 +100,8 @@ pub struct Client {
     pub echo: AtomicBool,
     /// CONNECT `headers`: whether HMSG may be sent, or headers must be stripped.
     pub headers: AtomicBool,
+    /// CONNECT `protocol` >= 1: the client accepts INFO updates at any time.
+    pub async_info: AtomicBool,
     pub subs: Mutex<HashMap<Bytes, SubRef>>,
     pub meta: Mutex<ClientMeta>,
     pub in_msgs: AtomicU64,
@@ -121,6 +123,7 @@ impl Client {
             out: Outbound::new(max_pending),
             echo: AtomicBool::new(true),
             headers: AtomicBool::new(false),
+            async_info: AtomicBool::new(false),
             subs: Mutex::new(HashMap::new()),
             meta: Mutex::new(ClientMeta::default()),
             in_msgs: AtomicU64::new(0),
@@ -223,6 +226,8 @@ struct Session {
     first_pong_sent: bool,
     /// Time this read batch spent waiting on slow subscribers.
     stalled: Duration,
+    /// The cluster, if this node is in one (started before clients are accepted).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     pings_out: u32,
     last_in: Instant,
     /// Messages and bytes this read batch delivered, added to server totals per batch.
@@ -265,6 +270,7 @@ where
         protocol: 0,
         first_pong_sent: false,
         stalled: Duration::ZERO,
+        cluster: server.cluster.get().cloned(),
         pings_out: 0,
         last_in: Instant::now(),
         out_msgs: 0,
@@ -342,7 +348,9 @@ impl Session {
     async fn process(&mut self, buf: &mut BytesMut) -> bool {
         self.last_in = Instant::now();
         self.stalled = Duration::ZERO;
-        self.client.last_activity.store(unix_nanos(SystemTime::now()), Ordering::Relaxed);
+        self.client
+            .last_activity
+            .store(unix_nanos(SystemTime::now()), Ordering::Relaxed);
         let mut in_msgs = 0u64;
         let mut in_bytes = 0u64;
         let ok = loop {
@@ -523,6 +531,9 @@ impl Session {
         self.pedantic = opts.pedantic;
         self.no_responders = opts.no_responders;
         self.protocol = opts.protocol;
+        self.client
+            .async_info
+            .store(opts.protocol >= 1, Ordering::Relaxed);
         self.client.echo.store(opts.echo, Ordering::Relaxed);
         self.client.headers.store(opts.headers, Ordering::Relaxed);
         {
@@ -579,8 +590,11 @@ impl Session {
             self.client.send_err("Invalid Subject");
             return;
         }
-        subs.insert(sid, sub);
+        subs.insert(sid, sub.clone());
         drop(subs);
+        if let Some(cluster) = server.cluster.get() {
+            cluster.interest_changed(&sub.subject, sub.queue.as_ref(), 1);
+        }
         self.ok();
     }
 
@@ -619,7 +633,9 @@ impl Session {
             self.stall_if_behind(&sub.client).await;
             delivered |= self.deliver(sub, &subject, reply_ref, headers_ref, &payload);
         }
-        for (_, members) in &result.queues {
+        let cluster = self.cluster.clone();
+        let mut served_queues: Vec<Bytes> = Vec::new();
+        for (name, members) in &result.queues {
             // Start at a random member and take the first that can accept it.
             let n = members.len();
             let start = if n > 1 { fastrand(n) } else { 0 };
@@ -631,9 +647,22 @@ impl Session {
                 self.stall_if_behind(&sub.client).await;
                 if self.deliver(sub, &subject, reply_ref, headers_ref, &payload) {
                     delivered = true;
+                    if cluster.is_some() {
+                        served_queues.push(name.clone());
+                    }
                     break;
                 }
             }
+        }
+        if let Some(cluster) = cluster {
+            delivered |= cluster.forward(
+                me,
+                &subject,
+                reply.as_ref(),
+                headers.as_ref(),
+                &payload,
+                &served_queues,
+            );
         }
         if !delivered && self.no_responders {
             if let Some(reply) = &reply {
@@ -672,40 +701,22 @@ impl Session {
         headers: Option<&[u8]>,
         payload: &[u8],
     ) -> bool {
-        let target = &sub.client;
-        if target.cid == self.client.cid && !target.echo.load(Ordering::Relaxed) {
-            return false;
-        }
-        let max = sub.max.load(Ordering::Relaxed);
-        let n = sub.delivered.fetch_add(1, Ordering::Relaxed) + 1;
-        if max > 0 && n > max {
-            return false;
-        }
-        let hdrs = headers.filter(|_| target.headers.load(Ordering::Relaxed));
-        let size = payload.len() + hdrs.map_or(0, |h| h.len());
-        let res = target.out.push(true, |b| match hdrs {
-            Some(h) => write_hmsg(b, subject, &sub.sid, reply, h, payload),
-            None => write_msg(b, subject, &sub.sid, reply, payload),
-        });
-        match res {
-            Ok(()) => {
+        match deliver_to(
+            &self.server,
+            self.client.cid,
+            sub,
+            subject,
+            reply,
+            headers,
+            payload,
+        ) {
+            Some(size) => {
                 self.out_msgs += 1;
-                self.out_bytes += size as u64;
+                self.out_bytes += size;
+                true
             }
-            Err(PushError::SlowConsumer) => {
-                self.server.count_slow_consumer(target);
-                tracing::warn!(
-                    cid = target.cid,
-                    "slow consumer detected: pending bytes over max_pending"
-                );
-                target.close(CloseReason::SlowConsumerPendingBytes, true);
-            }
-            Err(PushError::Closed) => {}
+            None => false,
         }
-        if max > 0 && n == max {
-            self.server.remove_subscription(sub);
-        }
-        true
     }
 
     /// Answers a request nobody can serve with a 503 status on the
@@ -734,19 +745,67 @@ impl Session {
     fn cleanup(&mut self) {
         let subs: Vec<SubRef> = self.client.subs.lock().drain().map(|(_, s)| s).collect();
         for sub in subs {
-            self.server
-                .sublist
-                .remove(&sub.subject, sub.queue.as_deref(), sub.id);
+            self.server.forget_subscription(&sub);
         }
     }
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Writes one message into a subscriber's buffer, for local publishers and
+/// for messages arriving over cluster links alike (`publisher` 0). Returns the
+/// bytes delivered, or `None` if the subscription did not take it (echo off,
+/// auto-unsubscribe limit reached). A subscriber whose buffer overflows is
+/// closed as a slow consumer.
+#[inline]
+pub fn deliver_to(
+    server: &Server,
+    publisher: u64,
+    sub: &SubRef,
+    subject: &[u8],
+    reply: Option<&[u8]>,
+    headers: Option<&[u8]>,
+    payload: &[u8],
+) -> Option<u64> {
+    let target = &sub.client;
+    if target.cid == publisher && !target.echo.load(Ordering::Relaxed) {
+        return None;
+    }
+    let max = sub.max.load(Ordering::Relaxed);
+    let n = sub.delivered.fetch_add(1, Ordering::Relaxed) + 1;
+    if max > 0 && n > max {
+        return None;
+    }
+    let hdrs = headers.filter(|_| target.headers.load(Ordering::Relaxed));
+    let size = payload.len() + hdrs.map_or(0, |h| h.len());
+    let res = target.out.push(true, |b| match hdrs {
+        Some(h) => write_hmsg(b, subject, &sub.sid, reply, h, payload),
+        None => write_msg(b, subject, &sub.sid, reply, payload),
+    });
+    let delivered = match res {
+        Ok(()) => Some(size as u64),
+        Err(PushError::SlowConsumer) => {
+            server.count_slow_consumer(target);
+            tracing::warn!(
+                cid = target.cid,
+                "slow consumer detected: pending bytes over max_pending"
+            );
+            target.close(CloseReason::SlowConsumerPendingBytes, true);
+            Some(0)
+        }
+        Err(PushError::Closed) => Some(0),
+    };
+    if max > 0 && n == max {
+        server.remove_subscription(sub);
+    }
+    delivered
 }
 
 /// A cheap per-thread random index for queue member selection.
-fn fastrand(n: usize) -> usize {
+pub fn fastrand(n: usize) -> usize {
     use std::cell::Cell;
     thread_local! {
         static STATE: Cell<u64> = Cell::new(rand::random::<u64>() | 1);

@@ -25,6 +25,10 @@ pub fn load(args: &ServerArgs, opts: &mut Options) -> Result<(), ConfigError> {
     Ok(())
 }
 
+fn port_of(v: &Value) -> Result<u16, ConfigError> {
+    port(v)
+}
+
 fn port(v: &Value) -> Result<u16, ConfigError> {
     match v.as_i64()? {
         -1 => Ok(0),
@@ -106,6 +110,78 @@ fn authorization(
     Ok(())
 }
 
+fn cluster(m: &Map, opts: &mut Options, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+    let c = &mut opts.cluster;
+    let mut host: Option<IpAddr> = None;
+    let mut port: Option<u16> = None;
+    for e in m.iter() {
+        let v = &e.value;
+        match e.key.to_ascii_lowercase().as_str() {
+            "name" => c.name = v.as_str()?.to_owned(),
+            "listen" => {
+                let s = match v.as_i64() {
+                    Ok(n) => format!(":{n}"),
+                    Err(_) => v.as_str()?.to_owned(),
+                };
+                c.listen = Some(crate::cli::listen_addr(&s).map_err(|m| v.error(m))?);
+            }
+            "host" => host = Some(ip(v)?),
+            "port" => port = Some(port_of(v)?),
+            "routes" => {
+                c.routes = v
+                    .as_array()?
+                    .iter()
+                    .map(|r| crate::cli::host_port(r.as_str()?).map_err(|m| r.error(m)))
+                    .collect::<Result<_, _>>()?;
+            }
+            "advertise" | "cluster_advertise" => {
+                c.advertise = Some(crate::cli::host_port(v.as_str()?).map_err(|m| v.error(m))?)
+            }
+            "no_advertise" => c.no_advertise = v.as_bool()?,
+            "authorization" => {
+                for a in v.as_map()?.iter() {
+                    match a.key.to_ascii_lowercase().as_str() {
+                        "peers" => {
+                            c.peers = a
+                                .value
+                                .as_array()?
+                                .iter()
+                                .map(|p| {
+                                    let k = p.as_str()?;
+                                    if k.len() == 56 && k.starts_with('N') {
+                                        Ok(k.to_owned())
+                                    } else {
+                                        Err(p.error(format!("{k:?} is not a server public key (N...)")))
+                                    }
+                                })
+                                .collect::<Result<_, _>>()?;
+                        }
+                        other => warnings.push(format!(
+                            "{}:{}: cluster authorization option {other:?} is not supported by Tern (peers are authenticated by their nkeys)",
+                            a.key_pos.line, a.key_pos.column
+                        )),
+                    }
+                }
+            }
+            _ if e.used_as_variable => {}
+            other => warnings.push(format!(
+                "{}:{}: cluster option {other:?} is not supported by Tern and is ignored",
+                e.key_pos.line, e.key_pos.column
+            )),
+        }
+    }
+    if host.is_some() || port.is_some() {
+        let base = c
+            .listen
+            .unwrap_or_else(|| std::net::SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 6222));
+        c.listen = Some(std::net::SocketAddr::new(
+            host.unwrap_or(base.ip()),
+            port.unwrap_or(base.port()),
+        ));
+    }
+    Ok(())
+}
+
 /// Durations given as a bare number mean seconds, as in nats-server;
 /// fractional seconds (`auth timeout: 0.5`) are allowed.
 fn seconds(v: &Value) -> Result<Duration, ConfigError> {
@@ -153,6 +229,9 @@ pub fn apply(map: &Map, opts: &mut Options) -> Result<Vec<String>, ConfigError> 
             "pid_file" => opts.pid_file = Some(v.as_str()?.into()),
             "ports_file_dir" => opts.ports_file_dir = Some(v.as_str()?.into()),
             "authorization" => authorization(v.as_map()?, opts, &mut warnings)?,
+            "cluster" => cluster(v.as_map()?, opts, &mut warnings)?,
+            "server_key_file" => opts.server_key_file = Some(v.as_str()?.into()),
+            "client_advertise" => opts.client_advertise = Some(v.as_str()?.to_owned()),
             _ if e.used_as_variable => {}
             other => warnings.push(format!(
                 "{}:{}: option {other:?} is not supported by Tern and is ignored",
@@ -208,6 +287,30 @@ mod tests {
         assert_eq!(o.host, "127.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("jetstream"), "{w:?}");
+    }
+
+    #[test]
+    fn cluster_block() {
+        let (o, w) = opts(
+            "cluster { name: C1, listen: 0.0.0.0:6222, routes = [ nats://a:6222, quic://b:6222 ]\n\
+             authorization { peers: [\"NB7KIJ6FK2MNVZFFRAO3NP73PWJ2SIQFLTS6PM7ZGSQB5N4VHNLZYCPZ\"] } }\n\
+             server_key_file: \"/tmp/k.seed\"\n",
+        );
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(o.cluster.name, "C1");
+        assert_eq!(o.cluster.listen, Some("0.0.0.0:6222".parse().unwrap()));
+        assert_eq!(
+            o.cluster.routes,
+            vec!["a:6222".to_owned(), "b:6222".to_owned()]
+        );
+        assert_eq!(o.cluster.peers.len(), 1);
+        let mut o = Options::default();
+        let e = apply(
+            &parse_str("cluster { authorization { peers: [\"UABC\"] } }").unwrap(),
+            &mut o,
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 1, "{e}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod config_file;
 pub mod logging;

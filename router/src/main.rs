@@ -66,7 +66,21 @@ fn main() -> ExitCode {
 }
 
 async fn run(mut opts: Options) -> ExitCode {
-    let identity = peer::ServerIdentity::generate();
+    let identity = match &opts.server_key_file {
+        Some(path) => match peer::ServerIdentity::load_or_generate(path) {
+            Ok((id, generated)) => {
+                if generated {
+                    tracing::info!("Generated a new server key in {}", path.display());
+                }
+                id
+            }
+            Err(e) => {
+                eprintln!("tern: cannot load server key {}: {e}", path.display());
+                return ExitCode::from(1);
+            }
+        },
+        None => peer::ServerIdentity::generate(),
+    };
     let addr = SocketAddr::new(opts.host, opts.port);
     let listener = match transport::tcp::bind(addr).await {
         Ok(l) => l,
@@ -115,15 +129,35 @@ async fn run(mut opts: Options) -> ExitCode {
             tracing::error!("cannot write ports file: {e}");
         }
     }
+    if opts.cluster.enabled() {
+        let client_url = opts
+            .client_advertise
+            .clone()
+            .unwrap_or_else(|| router::cluster::advertise_addr(bound));
+        match router::cluster::Cluster::start(&server, opts.cluster.clone(), &identity, client_url)
+        {
+            Ok(c) => {
+                let _ = server.cluster.set(c);
+            }
+            Err(e) => {
+                tracing::error!("cannot start cluster: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     tracing::info!("Server is ready");
     let accept = tokio::spawn(server.clone().accept_loop(listener));
     wait_for_signals(&server).await;
     accept.abort();
+    if let Some(c) = server.cluster.get() {
+        c.shutdown();
+    }
     if let Some(m) = monitoring {
         m.abort();
     }
-    if let Some(pid) = &opts.pid_file {
-        let _ = std::fs::remove_file(pid);
+    // nats-server leaves the pid file in place and removes the ports file.
+    if let Some(dir) = &opts.ports_file_dir {
+        let _ = std::fs::remove_file(ports_file_path(dir));
     }
     tracing::info!("Server Exiting..");
     ExitCode::SUCCESS
@@ -152,12 +186,8 @@ async fn wait_for_signals(server: &Arc<Server>) {
     server.shutdown().await;
 }
 
-/// Writes `<exe>_<pid>.ports` as nats-server does, for harnesses using `-p -1`.
-fn write_ports_file(
-    dir: &std::path::Path,
-    client: SocketAddr,
-    http: Option<SocketAddr>,
-) -> std::io::Result<()> {
+/// `<dir>/<exe>_<pid>.ports`, named as nats-server names it.
+fn ports_file_path(dir: &std::path::Path) -> std::path::PathBuf {
     let exe = std::env::args()
         .next()
         .and_then(|a| {
@@ -166,6 +196,15 @@ fn write_ports_file(
                 .map(|f| f.to_string_lossy().into_owned())
         })
         .unwrap_or_else(|| "tern".into());
+    dir.join(format!("{exe}_{}.ports", std::process::id()))
+}
+
+/// Writes `<exe>_<pid>.ports` as nats-server does, for harnesses using `-p -1`.
+fn write_ports_file(
+    dir: &std::path::Path,
+    client: SocketAddr,
+    http: Option<SocketAddr>,
+) -> std::io::Result<()> {
     let host = |a: SocketAddr| {
         if a.ip().is_unspecified() {
             "127.0.0.1".to_owned()
@@ -178,7 +217,7 @@ fn write_ports_file(
     if let Some(h) = http {
         doc["monitoring"] = serde_json::json!([format!("http://{}:{}", host(h), h.port())]);
     }
-    let path = dir.join(format!("{exe}_{}.ports", std::process::id()));
+    let path = ports_file_path(dir);
     let tmp = path.with_extension("ports.tmp");
     std::fs::write(&tmp, serde_json::to_vec(&doc)?)?;
     std::fs::rename(tmp, path)

@@ -155,7 +155,7 @@ pub fn varz_value(s: &Server) -> Value {
         "gomaxprocs": cores(),
         "connections": s.clients.lock().len(),
         "total_connections": t.total_connections.load(Ordering::Relaxed),
-        "routes": 0,
+        "routes": s.cluster.get().map_or(0, |c| c.links().len()),
         "remotes": 0,
         "leafnodes": 0,
         "in_msgs": t.in_msgs.load(Ordering::Relaxed),
@@ -356,14 +356,59 @@ async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn routez(State(s): State<Arc<Server>>) -> Json<Value> {
-    Json(json!({
+/// Query parameters of /routez.
+#[derive(Debug, Default, Deserialize)]
+pub struct RoutezQuery {
+    subs: Option<String>,
+}
+
+/// The /routez document: one entry per cluster link.
+pub fn routez_value(s: &Server, q: &RoutezQuery) -> Value {
+    let now = SystemTime::now();
+    let links = s.cluster.get().map(|c| c.links()).unwrap_or_default();
+    let routes: Vec<Value> = links
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let addr = l.quic.remote_addr();
+            let mut r = json!({
+                "rid": i + 1,
+                "remote_id": l.node_id,
+                "remote_name": l.server_name,
+                "did_solicit": l.dialed_by_me,
+                "is_configured": l.dialed_by_me,
+                "ip": addr.ip().to_string(),
+                "port": addr.port(),
+                "start": rfc3339(l.started),
+                "uptime": uptime(now.duration_since(l.started).unwrap_or_default()),
+                "rtt": format!("{:?}", l.quic.rtt()),
+                "pending_size": 0,
+                "in_msgs": l.in_msgs.load(Ordering::Relaxed),
+                "out_msgs": l.out_msgs.load(Ordering::Relaxed),
+                "in_bytes": l.in_bytes.load(Ordering::Relaxed),
+                "out_bytes": l.out_bytes.load(Ordering::Relaxed),
+                "dropped_msgs": l.dropped.load(Ordering::Relaxed),
+                "subscriptions": l.remote_subscriptions(),
+                "cluster_url": l.cluster_url,
+                "client_url": l.client_url,
+            });
+            if truthy(&q.subs) {
+                r["subscriptions_list"] = json!(l.remote_subjects());
+            }
+            r
+        })
+        .collect();
+    json!({
         "server_id": s.info.server_id,
         "server_name": s.info.server_name,
-        "now": rfc3339(SystemTime::now()),
-        "num_routes": 0,
-        "routes": [],
-    }))
+        "now": rfc3339(now),
+        "num_routes": routes.len(),
+        "routes": routes,
+    })
+}
+
+async fn routez(State(s): State<Arc<Server>>, Query(q): Query<RoutezQuery>) -> Json<Value> {
+    Json(routez_value(&s, &q))
 }
 
 /// Prometheus text exposition of the /varz counters.

@@ -62,8 +62,14 @@ pub struct Options {
     pub log_file: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
     pub ports_file_dir: Option<PathBuf>,
-    /// Set when `-a/--net` is not given, so a random port binds all interfaces.
+    /// The config file given with `-c`, for logs and `-t`.
     pub config_file: Option<PathBuf>,
+    /// Where the server's nkey seed lives; generated there on first start.
+    /// Without it the server gets a fresh identity every start.
+    pub server_key_file: Option<PathBuf>,
+    /// `host:port` advertised to clients in INFO `connect_urls`.
+    pub client_advertise: Option<String>,
+    pub cluster: crate::cluster::ClusterOptions,
 }
 
 /// nats-server's default client port.
@@ -95,6 +101,9 @@ impl Default for Options {
             pid_file: None,
             ports_file_dir: None,
             config_file: None,
+            server_key_file: None,
+            client_advertise: None,
+            cluster: Default::default(),
         }
     }
 }

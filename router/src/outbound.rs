@@ -143,6 +143,29 @@ impl Outbound {
         self.close();
     }
 
+    /// Waits for buffered bytes and takes them, for writers that ship whole
+    /// buffers as frames; `None` once the buffer is closed.
+    pub async fn next_batch(&self) -> Option<BytesMut> {
+        loop {
+            let closing = self.closing.load(Ordering::Acquire);
+            {
+                let mut p = self.pending.lock();
+                if !p.buf.is_empty() {
+                    let batch = p.buf.split();
+                    self.len.store(0, Ordering::Relaxed);
+                    drop(p);
+                    self.drained.notify_waiters();
+                    return Some(batch);
+                }
+                if closing {
+                    p.closed = true;
+                    return None;
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+
     /// Runs the writer until the buffer is closed or a write fails or stalls
     /// past `deadline`. Returns `Err` with the reason on failure.
     pub async fn run_writer<W: AsyncWrite + Unpin>(

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
 use crate::client::{self, Client, CloseReason, SubRef};
 use crate::options::Options;
@@ -54,6 +53,8 @@ struct ClientInfo<'a> {
     connect_info: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     remote_account: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connect_urls: Option<Vec<String>>,
 }
 
 /// A connection that has closed, as /connz reports it.
@@ -89,6 +90,8 @@ pub struct Server {
     pub opts: Options,
     pub info: InfoBase,
     pub sublist: Sublist<SubRef>,
+    /// Set once clustering has started.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     pub clients: Mutex<HashMap<u64, Arc<Client>>>,
     pub closed: Mutex<std::collections::VecDeque<ClosedClient>>,
     pub traffic: Traffic,
@@ -100,7 +103,8 @@ pub struct Server {
     next_cid: AtomicU64,
     next_sub: AtomicU64,
     lame_duck: AtomicBool,
-    shutdown: Notify,
+    /// Becomes true when the server stops accepting clients.
+    stop_accepting: tokio::sync::watch::Sender<bool>,
     shutting_down: AtomicBool,
 }
 
@@ -127,6 +131,7 @@ impl Server {
             opts,
             info,
             sublist: Sublist::new(),
+            cluster: std::sync::OnceLock::new(),
             clients: Mutex::new(HashMap::new()),
             closed: Mutex::new(Default::default()),
             traffic: Traffic::default(),
@@ -137,7 +142,7 @@ impl Server {
             next_cid: AtomicU64::new(1),
             next_sub: AtomicU64::new(1),
             lame_duck: AtomicBool::new(false),
-            shutdown: Notify::new(),
+            stop_accepting: tokio::sync::watch::Sender::new(false),
             shutting_down: AtomicBool::new(false),
         })
     }
@@ -204,8 +209,81 @@ impl Server {
             }
         };
         if removed {
-            self.sublist
-                .remove(&sub.subject, sub.queue.as_deref(), sub.id);
+            self.forget_subscription(sub);
+        }
+    }
+
+    /// Takes a subscription out of the trie (its client has already let go of
+    /// it) and tells the cluster.
+    pub fn forget_subscription(&self, sub: &SubRef) {
+        if self
+            .sublist
+            .remove(&sub.subject, sub.queue.as_deref(), sub.id)
+        {
+            if let Some(cluster) = self.cluster.get() {
+                cluster.interest_changed(&sub.subject, sub.queue.as_ref(), -1);
+            }
+        }
+    }
+
+    /// Delivers a message that arrived over a cluster link to local clients
+    /// only: plain subscribers if asked, and one member of each named queue group.
+    pub fn deliver_routed(&self, msg: &crate::cluster::wire::RoutedMsg) {
+        let result = self.sublist.matches(&msg.subject);
+        let reply = (!msg.reply.is_empty()).then_some(&msg.reply[..]);
+        let headers = msg.headers.as_deref();
+        let (mut n, mut bytes) = (0u64, 0u64);
+        let mut count = |d: Option<u64>| {
+            if let Some(b) = d {
+                n += 1;
+                bytes += b;
+            }
+            d.is_some()
+        };
+        if msg.plain {
+            for sub in &result.plain {
+                count(client::deliver_to(
+                    self,
+                    0,
+                    sub,
+                    &msg.subject,
+                    reply,
+                    headers,
+                    &msg.payload,
+                ));
+            }
+        }
+        for q in &msg.queues {
+            let Some((_, members)) = result.queues.iter().find(|(name, _)| name == q) else {
+                continue;
+            };
+            let len = members.len();
+            let start = client::fastrand(len.max(1));
+            for i in 0..len {
+                let sub = &members[(start + i) % len];
+                if count(client::deliver_to(
+                    self,
+                    0,
+                    sub,
+                    &msg.subject,
+                    reply,
+                    headers,
+                    &msg.payload,
+                )) {
+                    break;
+                }
+            }
+        }
+        self.add_traffic(0, 0, n, bytes);
+    }
+
+    /// Pushes an INFO with the new `connect_urls` to clients that accept async INFO.
+    pub fn connect_urls_changed(&self) {
+        let clients: Vec<Arc<Client>> = self.clients.lock().values().cloned().collect();
+        for c in clients {
+            if c.async_info.load(Ordering::Relaxed) {
+                c.send_proto(&self.info_line(&c));
+            }
         }
     }
 
@@ -228,6 +306,7 @@ impl Server {
             ldm: self.lame_duck.load(Ordering::Relaxed),
             connect_info,
             remote_account: connect_info.then_some("$G"),
+            connect_urls: self.cluster.get().map(|c| c.connect_urls()),
         };
         let mut line = b"INFO ".to_vec();
         serde_json::to_writer(&mut line, &info).expect("INFO serializes");
@@ -272,9 +351,13 @@ impl Server {
 
     /// Accepts clients on `listener` until shutdown.
     pub async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        let mut stop = self.stop_accepting.subscribe();
         loop {
+            if *stop.borrow_and_update() {
+                return;
+            }
             tokio::select! {
-                _ = self.shutdown.notified() => return,
+                _ = stop.changed() => return,
                 res = transport::tcp::accept(&listener) => match res {
                     Ok((stream, addr)) => self.clone().start_client(stream, addr),
                     Err(e) => {
@@ -317,7 +400,7 @@ impl Server {
     /// Stops accepting and closes every client after flushing what it has queued.
     pub async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
-        self.shutdown.notify_waiters();
+        self.stop_accepting.send_replace(true);
         let clients: Vec<Arc<Client>> = self.clients.lock().values().cloned().collect();
         for c in &clients {
             c.close(CloseReason::ServerShutdown, false);
@@ -334,10 +417,19 @@ impl Server {
         if self.lame_duck.swap(true, Ordering::Relaxed) {
             return;
         }
-        tracing::info!("entering lame duck mode, stop accepting new clients");
-        self.shutdown.notify_waiters();
+        tracing::info!("Entering lame duck mode, stop accepting new clients");
+        self.stop_accepting.send_replace(true);
         let clients: Vec<Arc<Client>> = self.clients.lock().values().cloned().collect();
-        for c in &clients {
+        if clients.is_empty() {
+            // Nobody to warn or drain: shut down at once, as nats-server does.
+            self.shutdown().await;
+            return;
+        }
+        // Only clients that accept async INFO are told; the others just get closed.
+        for c in clients
+            .iter()
+            .filter(|c| c.async_info.load(Ordering::Relaxed))
+        {
             c.send_proto(&self.info_line(c));
         }
         tokio::time::sleep(self.opts.lame_duck_grace_period).await;
@@ -346,15 +438,12 @@ impl Server {
             .opts
             .lame_duck_duration
             .saturating_sub(self.opts.lame_duck_grace_period);
-        let step = if clients.is_empty() {
-            Duration::ZERO
-        } else {
-            span / clients.len() as u32
-        };
-        for c in clients {
+        let step = (span / clients.len().max(1) as u32).min(Duration::from_secs(1));
+        let last = clients.len().saturating_sub(1);
+        for (i, c) in clients.into_iter().enumerate() {
             c.close(CloseReason::ServerShutdown, false);
-            if !step.is_zero() {
-                tokio::time::sleep(step.min(Duration::from_secs(1))).await;
+            if i < last && !step.is_zero() {
+                tokio::time::sleep(step).await;
             }
         }
         self.shutdown().await;

@@ -1,0 +1,719 @@
+//! The cluster: a full mesh of nodes linked over authenticated QUIC.
+//!
+//! Each node tells every peer which subjects its local clients are
+//! interested in (a full sync when a link comes up, deltas after), and a
+//! message crosses a link only when the far node has matching interest.
+//! Messages that arrive over a link are delivered to local clients only, so
+//! nothing travels more than one hop and nothing loops. A queue group gets
+//! each message once cluster-wide: a local member is preferred, otherwise one
+//! node with a member is chosen.
+
+pub mod wire;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use prost::Message;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+use transport::quic::{FrameReceiver, FrameSender, LinkError, QuicEndpoint, QuicLink};
+
+use crate::outbound::{Outbound, PushError};
+use crate::server::Server;
+use crate::sublist::{SubItem, Sublist};
+use wire::{control::Kind, RoutedMsg};
+
+/// Message streams per link direction: a publisher's messages always use the
+/// same stream (order kept), different publishers spread over several, so a
+/// large message delays only the publishers that share its stream.
+const MESSAGE_STREAMS: usize = 4;
+
+/// Bytes buffered per message stream before messages for a peer are dropped
+/// (a peer that is away or too slow must not make this node grow without bound).
+const STREAM_MAX_PENDING: usize = 8 * 1024 * 1024;
+
+/// Cluster name used when none is configured, so nodes started without
+/// `--cluster_name` still agree.
+pub const DEFAULT_CLUSTER_NAME: &str = "tern";
+
+/// Cluster settings, as nats-server's `cluster {}` block and flags give them.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    pub name: String,
+    /// UDP address of the QUIC endpoint.
+    pub listen: Option<SocketAddr>,
+    /// Seed routes, `host:port` (schemes already stripped).
+    pub routes: Vec<String>,
+    /// `host:port` other nodes should dial to reach this one.
+    pub advertise: Option<String>,
+    /// Keep this node's client URL out of other nodes' `connect_urls`.
+    pub no_advertise: bool,
+    /// Public keys (`N...`) allowed to link; empty means any node.
+    pub peers: Vec<String>,
+}
+
+impl ClusterOptions {
+    /// Whether clustering is configured at all.
+    pub fn enabled(&self) -> bool {
+        self.listen.is_some()
+    }
+}
+
+/// A peer's interest as the trie stores it.
+#[derive(Clone)]
+struct RemoteInterest {
+    id: u64,
+}
+
+impl SubItem for RemoteInterest {
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// One live link to a peer.
+pub struct Link {
+    pub node_id: String,
+    pub server_name: String,
+    pub cluster_url: String,
+    pub client_url: String,
+    pub quic: QuicLink,
+    pub dialed_by_me: bool,
+    pub started: SystemTime,
+    remote: Sublist<RemoteInterest>,
+    remote_ids: Mutex<HashMap<(Bytes, Bytes), u64>>,
+    next_id: AtomicU64,
+    control: mpsc::UnboundedSender<Vec<u8>>,
+    streams: Vec<Outbound>,
+    pub in_msgs: AtomicU64,
+    pub in_bytes: AtomicU64,
+    pub out_msgs: AtomicU64,
+    pub out_bytes: AtomicU64,
+    /// Messages dropped because the peer fell too far behind.
+    pub dropped: AtomicU64,
+}
+
+impl Link {
+    /// Number of interests (subject, queue) the peer has announced.
+    pub fn remote_subscriptions(&self) -> usize {
+        self.remote.count()
+    }
+
+    /// The subjects (with queue groups as `subject queue`) the peer announced.
+    pub fn remote_subjects(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .remote_ids
+            .lock()
+            .keys()
+            .map(|(s, q)| {
+                let s = String::from_utf8_lossy(s);
+                if q.is_empty() {
+                    s.into_owned()
+                } else {
+                    format!("{s} {}", String::from_utf8_lossy(q))
+                }
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn send_control(&self, kind: Kind) {
+        let _ = self.control.send(wire::encode_control(kind));
+    }
+
+    fn send_msg(&self, publisher: u64, msg: &RoutedMsg) {
+        let stream = &self.streams[publisher as usize % self.streams.len()];
+        let size = msg.payload.len() + msg.headers.as_ref().map_or(0, |h| h.len());
+        match stream.push(true, |b| wire::append_to_batch(b, msg)) {
+            Ok(()) => {
+                self.out_msgs.fetch_add(1, Ordering::Relaxed);
+                self.out_bytes.fetch_add(size as u64, Ordering::Relaxed);
+            }
+            Err(PushError::SlowConsumer) | Err(PushError::Closed) => {
+                if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(peer = %self.node_id, "cluster link is behind, dropping messages");
+                }
+            }
+        }
+    }
+
+    fn apply_interest(&self, batch: wire::InterestBatch) {
+        let mut ids = self.remote_ids.lock();
+        if batch.full {
+            for ((subject, queue), id) in ids.drain() {
+                self.remote.remove(&subject, queue_of(&queue), id);
+            }
+        }
+        for item in batch.items {
+            let key = (item.subject.clone(), item.queue.clone());
+            if item.remove {
+                if let Some(id) = ids.remove(&key) {
+                    self.remote.remove(&item.subject, queue_of(&item.queue), id);
+                }
+            } else if let std::collections::hash_map::Entry::Vacant(slot) = ids.entry(key) {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let q = queue_of(&item.queue);
+                if self
+                    .remote
+                    .insert(&item.subject, q, RemoteInterest { id })
+                    .is_ok()
+                {
+                    slot.insert(id);
+                }
+            }
+        }
+    }
+}
+
+fn queue_of(q: &Bytes) -> Option<&[u8]> {
+    (!q.is_empty()).then_some(&q[..])
+}
+
+/// The cluster state of one node.
+pub struct Cluster {
+    pub opts: ClusterOptions,
+    pub node_id: String,
+    server: Weak<Server>,
+    endpoint: QuicEndpoint,
+    /// Snapshot of live links for the publish path.
+    links: RwLock<Vec<Arc<Link>>>,
+    by_node: Mutex<HashMap<String, Arc<Link>>>,
+    /// Local interest counts, (subject, queue) -> subscriptions.
+    local: Mutex<HashMap<(Bytes, Bytes), u32>>,
+    /// Cluster URLs with a dial loop running.
+    dialing: Mutex<HashSet<String>>,
+    my_cluster_url: String,
+    my_client_url: String,
+    stopping: AtomicBool,
+}
+
+impl Cluster {
+    /// Binds the QUIC endpoint and starts accepting and dialing.
+    pub fn start(
+        server: &Arc<Server>,
+        opts: ClusterOptions,
+        identity: &peer::ServerIdentity,
+        client_url: String,
+    ) -> Result<Arc<Cluster>, LinkError> {
+        let listen = opts.listen.expect("cluster listen address");
+        let endpoint = QuicEndpoint::bind(listen, identity, opts.peers.clone())?;
+        let bound = endpoint.local_addr().map_err(LinkError::Io)?;
+        let my_cluster_url = opts
+            .advertise
+            .clone()
+            .unwrap_or_else(|| advertise_addr(bound));
+        let cluster = Arc::new(Cluster {
+            node_id: identity.public_key(),
+            server: Arc::downgrade(server),
+            endpoint,
+            links: RwLock::new(Vec::new()),
+            by_node: Mutex::new(HashMap::new()),
+            local: Mutex::new(HashMap::new()),
+            dialing: Mutex::new(HashSet::new()),
+            my_cluster_url,
+            my_client_url: if opts.no_advertise {
+                String::new()
+            } else {
+                client_url
+            },
+            stopping: AtomicBool::new(false),
+            opts,
+        });
+        tracing::info!("Cluster name is {}", cluster.opts.name);
+        tracing::info!("Listening for route connections on {bound} (QUIC)");
+        if cluster.opts.peers.is_empty() {
+            tracing::warn!(
+                "cluster has no `authorization {{ peers }}` list: ANY node that reaches {bound} may join"
+            );
+        }
+        tokio::spawn(cluster.clone().accept_loop());
+        for route in cluster.opts.routes.clone() {
+            cluster.spawn_dialer(route);
+        }
+        Ok(cluster)
+    }
+
+    /// The UDP address the endpoint is bound to.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.local_addr().ok()
+    }
+
+    /// Live links, for monitoring.
+    pub fn links(&self) -> Vec<Arc<Link>> {
+        self.links.read().clone()
+    }
+
+    /// Client URLs of this node and every linked node, for INFO `connect_urls`.
+    pub fn connect_urls(&self) -> Vec<String> {
+        let mut urls: Vec<String> = std::iter::once(self.my_client_url.clone())
+            .chain(self.links.read().iter().map(|l| l.client_url.clone()))
+            .filter(|u| !u.is_empty())
+            .collect();
+        urls.sort();
+        urls.dedup();
+        urls
+    }
+
+    /// Stops dialing and closes every link.
+    pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        for link in self.links.read().iter() {
+            link.quic.close("shutdown");
+        }
+        self.endpoint.close("shutdown");
+    }
+
+    /// Records a change in local interest and tells every peer about transitions.
+    pub fn interest_changed(&self, subject: &Bytes, queue: Option<&Bytes>, delta: i32) {
+        let queue = queue.cloned().unwrap_or_default();
+        let key = (subject.clone(), queue.clone());
+        let mut local = self.local.lock();
+        let count = local.entry(key.clone()).or_insert(0);
+        let before = *count;
+        *count = (before as i64 + delta as i64).max(0) as u32;
+        let after = *count;
+        if after == 0 {
+            local.remove(&key);
+        }
+        // Plain interest only changes at 0 <-> 1; queue weights change with every member.
+        let announce = (before == 0) != (after == 0) || (!queue.is_empty() && before != after);
+        if !announce {
+            return;
+        }
+        let item = wire::Interest {
+            subject: subject.clone(),
+            queue,
+            weight: after,
+            remove: after == 0,
+        };
+        // Sent while `local` is held, so a link's full sync and later deltas stay in order.
+        for link in self.links.read().iter() {
+            link.send_control(Kind::Interest(wire::InterestBatch {
+                items: vec![item.clone()],
+                full: false,
+            }));
+        }
+    }
+
+    /// Sends a locally published message to every peer with matching interest.
+    /// `local_queues` are the queue groups already served on this node.
+    /// Returns whether any peer was sent the message.
+    pub fn forward(
+        &self,
+        publisher: u64,
+        subject: &Bytes,
+        reply: Option<&Bytes>,
+        headers: Option<&Bytes>,
+        payload: &Bytes,
+        local_queues: &[Bytes],
+    ) -> bool {
+        let links = self.links.read();
+        if links.is_empty() {
+            return false;
+        }
+        let mut forwarded = false;
+        let n = links.len();
+        let start = crate::client::fastrand(n);
+        let mut served: Vec<Bytes> = Vec::new();
+        for i in 0..n {
+            let link = &links[(start + i) % n];
+            let result = link.remote.matches(subject);
+            let plain = !result.plain.is_empty();
+            let mut queues = Vec::new();
+            for (q, _) in &result.queues {
+                if !local_queues.contains(q) && !served.contains(q) {
+                    served.push(q.clone());
+                    queues.push(q.clone());
+                }
+            }
+            if plain || !queues.is_empty() {
+                let msg = RoutedMsg {
+                    subject: subject.clone(),
+                    reply: reply.cloned().unwrap_or_default(),
+                    headers: headers.cloned(),
+                    payload: payload.clone(),
+                    plain,
+                    queues,
+                };
+                link.send_msg(publisher, &msg);
+                forwarded = true;
+            }
+        }
+        forwarded
+    }
+
+    fn has_link(&self, node_id: &str) -> bool {
+        self.by_node.lock().contains_key(node_id)
+    }
+
+    async fn accept_loop(self: Arc<Self>) {
+        while let Some(res) = self.endpoint.accept().await {
+            match res {
+                Ok(quic) => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let _ = me.run_link(quic, false).await;
+                    });
+                }
+                Err(e) => tracing::warn!("cluster link refused: {e}"),
+            }
+        }
+    }
+
+    fn spawn_dialer(self: &Arc<Self>, url: String) {
+        if url == self.my_cluster_url || !self.dialing.lock().insert(url.clone()) {
+            return;
+        }
+        tokio::spawn(self.clone().dial_loop(url));
+    }
+
+    /// Keeps a link to `url` up: dials, runs the link, redials with
+    /// exponential backoff and jitter while no link to that node exists.
+    async fn dial_loop(self: Arc<Self>, url: String) {
+        let mut backoff = Duration::from_millis(100);
+        let mut node: Option<String> = None;
+        let mut logged_failure = false;
+        while !self.stopping.load(Ordering::Relaxed) {
+            if let Some(id) = &node {
+                if self.has_link(id) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
+            match self.dial(&url).await {
+                Ok(quic) => {
+                    if quic.peer_key() == self.node_id {
+                        // A seed route that points at this very node.
+                        quic.close("self");
+                        tracing::debug!("route {url} is this node, not dialing it");
+                        break;
+                    }
+                    logged_failure = false;
+                    backoff = Duration::from_millis(100);
+                    node = Some(quic.peer_key().to_owned());
+                    if let Err(e) = self.clone().run_link(quic, true).await {
+                        tracing::debug!("link to {url} ended: {e}");
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    if !logged_failure {
+                        tracing::warn!("cannot link to route {url}: {e}");
+                        logged_failure = true;
+                    } else {
+                        tracing::debug!("cannot link to route {url}: {e}");
+                    }
+                }
+            }
+            let jitter =
+                Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
+            tokio::time::sleep(backoff + jitter).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        self.dialing.lock().remove(&url);
+    }
+
+    async fn dial(&self, url: &str) -> Result<QuicLink, String> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(url)
+            .await
+            .map_err(|e| format!("resolve {url}: {e}"))?
+            .collect();
+        let mut last = format!("{url} resolved to no address");
+        for addr in addrs {
+            match self.endpoint.connect(addr).await {
+                Ok(q) => return Ok(q),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
+    }
+
+    /// Runs one authenticated link until it ends. Returns the peer's node id.
+    async fn run_link(self: Arc<Self>, quic: QuicLink, dialed: bool) -> Result<String, String> {
+        let server = self.server.upgrade().ok_or("server gone")?;
+        let hello = wire::Hello {
+            node_id: self.node_id.clone(),
+            cluster_name: self.opts.name.clone(),
+            server_name: server.info.server_name.clone(),
+            cluster_url: self.my_cluster_url.clone(),
+            client_url: self.my_client_url.clone(),
+            version: wire::PROTOCOL_VERSION,
+        };
+        let hello_frame = wire::encode_control(Kind::Hello(hello));
+        let exchange = async {
+            let mut control = if dialed {
+                quic.open_control().await?
+            } else {
+                quic.accept_control().await?
+            };
+            if dialed {
+                control.send_frame(&hello_frame).await?;
+            }
+            let theirs = control.recv_frame().await?;
+            if !dialed {
+                control.send_frame(&hello_frame).await?;
+            }
+            Ok::<_, LinkError>((control, theirs))
+        };
+        let (control, theirs) = tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .map_err(|_| "hello timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let theirs = match theirs.map(wire::Control::decode) {
+            Some(Ok(wire::Control {
+                kind: Some(Kind::Hello(h)),
+            })) => h,
+            _ => {
+                quic.close("expected hello");
+                return Err("peer did not say hello".into());
+            }
+        };
+        if theirs.node_id != quic.peer_key() {
+            quic.close("hello does not match key");
+            return Err(format!(
+                "peer claims {} but authenticated as {}",
+                theirs.node_id,
+                quic.peer_key()
+            ));
+        }
+        if theirs.cluster_name != self.opts.name {
+            tracing::error!(
+                "rejecting link from {}: cluster name {:?} does not match {:?}",
+                theirs.node_id,
+                theirs.cluster_name,
+                self.opts.name
+            );
+            quic.close("cluster name mismatch");
+            return Err("cluster name mismatch".into());
+        }
+        let node_id = theirs.node_id.clone();
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let link = Arc::new(Link {
+            node_id: node_id.clone(),
+            server_name: theirs.server_name.clone(),
+            cluster_url: theirs.cluster_url.clone(),
+            client_url: theirs.client_url.clone(),
+            quic: quic.clone(),
+            dialed_by_me: dialed,
+            started: SystemTime::now(),
+            remote: Sublist::new(),
+            remote_ids: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            control: control_tx,
+            streams: (0..MESSAGE_STREAMS)
+                .map(|_| Outbound::new(STREAM_MAX_PENDING))
+                .collect(),
+            in_msgs: AtomicU64::new(0),
+            in_bytes: AtomicU64::new(0),
+            out_msgs: AtomicU64::new(0),
+            out_bytes: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        let (send, recv) = control.split();
+        if !self.register(&link) {
+            quic.close("duplicate link");
+            return Ok(node_id);
+        }
+        tracing::info!(
+            "Route connection created for {} ({}) at {}",
+            link.server_name,
+            node_id,
+            quic.remote_addr()
+        );
+        let writer = tokio::spawn(control_writer(send, control_rx));
+        for (i, _) in link.streams.iter().enumerate() {
+            tokio::spawn(stream_writer(link.clone(), i));
+        }
+        tokio::spawn(stream_acceptor(server.clone(), link.clone()));
+        self.announce_members();
+        server.connect_urls_changed();
+        let reason = self.control_reader(&link, recv).await;
+        self.unregister(&link);
+        for s in &link.streams {
+            s.abort();
+        }
+        writer.abort();
+        quic.close("link closed");
+        tracing::info!("Route connection to {} closed: {reason}", link.server_name);
+        server.connect_urls_changed();
+        Ok(node_id)
+    }
+
+    /// Adds a link, resolving two links to the same node: the one dialed by
+    /// the node with the smaller id wins, on both sides alike.
+    fn register(&self, link: &Arc<Link>) -> bool {
+        let local = self.local.lock();
+        let mut by = self.by_node.lock();
+        let preferred = |l: &Link| l.dialed_by_me == (self.node_id < l.node_id);
+        if let Some(existing) = by.get(&link.node_id) {
+            if preferred(existing) && !preferred(link) && existing.quic.close_reason().is_none() {
+                return false;
+            }
+            existing.quic.close("replaced by a newer link");
+        }
+        by.insert(link.node_id.clone(), link.clone());
+        *self.links.write() = by.values().cloned().collect();
+        // Full interest sync, queued under `local` so later deltas follow it.
+        let items = local
+            .iter()
+            .map(|((s, q), n)| wire::Interest {
+                subject: s.clone(),
+                queue: q.clone(),
+                weight: *n,
+                remove: false,
+            })
+            .collect();
+        link.send_control(Kind::Interest(wire::InterestBatch { items, full: true }));
+        true
+    }
+
+    fn unregister(&self, link: &Arc<Link>) {
+        let mut by = self.by_node.lock();
+        if by.get(&link.node_id).is_some_and(|l| Arc::ptr_eq(l, link)) {
+            by.remove(&link.node_id);
+            *self.links.write() = by.values().cloned().collect();
+        }
+    }
+
+    /// Tells every peer about every member, so all of them form a full mesh.
+    fn announce_members(&self) {
+        let links = self.links.read().clone();
+        let mut nodes: Vec<wire::NodeInfo> = links
+            .iter()
+            .map(|l| wire::NodeInfo {
+                node_id: l.node_id.clone(),
+                cluster_url: l.cluster_url.clone(),
+                client_url: l.client_url.clone(),
+            })
+            .collect();
+        nodes.push(wire::NodeInfo {
+            node_id: self.node_id.clone(),
+            cluster_url: self.my_cluster_url.clone(),
+            client_url: self.my_client_url.clone(),
+        });
+        for l in &links {
+            l.send_control(Kind::Gossip(wire::Gossip {
+                nodes: nodes.clone(),
+            }));
+        }
+    }
+
+    async fn control_reader(self: &Arc<Self>, link: &Arc<Link>, mut recv: FrameReceiver) -> String {
+        loop {
+            let frame = match recv.recv_frame().await {
+                Ok(Some(f)) => f,
+                Ok(None) => return "control stream ended".into(),
+                Err(e) => return e.to_string(),
+            };
+            let kind = match wire::Control::decode(frame) {
+                Ok(wire::Control { kind: Some(k) }) => k,
+                _ => return "undecodable control frame".into(),
+            };
+            match kind {
+                Kind::Interest(batch) => link.apply_interest(batch),
+                Kind::Gossip(g) => {
+                    let mut learned = false;
+                    for n in g.nodes {
+                        if n.node_id == self.node_id
+                            || self.has_link(&n.node_id)
+                            || n.cluster_url.is_empty()
+                        {
+                            continue;
+                        }
+                        learned = true;
+                        // Of two nodes that learn of each other, the smaller id dials.
+                        if self.node_id < n.node_id {
+                            self.spawn_dialer(n.cluster_url);
+                        }
+                    }
+                    if learned {
+                        tracing::debug!("learned cluster members from {}", link.node_id);
+                    }
+                }
+                Kind::Ping(p) if !p.pong => link.send_control(Kind::Ping(wire::Ping {
+                    nonce: p.nonce,
+                    pong: true,
+                })),
+                Kind::Ping(_) => {}
+                Kind::Hello(_) => return "unexpected second hello".into(),
+            }
+        }
+    }
+}
+
+async fn control_writer(mut send: FrameSender, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+    while let Some(frame) = rx.recv().await {
+        if send.send_frame(&frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Ships one message stream's buffered batch as frames.
+async fn stream_writer(link: Arc<Link>, index: usize) {
+    let out = &link.streams[index];
+    let mut sender: Option<FrameSender> = None;
+    while let Some(batch) = out.next_batch().await {
+        if sender.is_none() {
+            match link.quic.open_uni().await {
+                Ok(s) => sender = Some(s),
+                Err(_) => return,
+            }
+        }
+        if let Some(s) = sender.as_mut() {
+            if s.send_frame_bytes(batch.freeze()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Accepts the peer's message streams and delivers what arrives locally.
+async fn stream_acceptor(server: Arc<Server>, link: Arc<Link>) {
+    while let Ok(recv) = link.quic.accept_uni().await {
+        tokio::spawn(stream_reader(server.clone(), link.clone(), recv));
+    }
+}
+
+async fn stream_reader(server: Arc<Server>, link: Arc<Link>, mut recv: FrameReceiver) {
+    while let Ok(Some(frame)) = recv.recv_frame().await {
+        let batch = match wire::MessageBatch::decode(frame) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(peer = %link.node_id, "undecodable message batch: {e}");
+                link.quic.close("undecodable message batch");
+                return;
+            }
+        };
+        let mut msgs = 0u64;
+        let mut bytes = 0u64;
+        for m in &batch.msgs {
+            msgs += 1;
+            bytes += (m.payload.len() + m.headers.as_ref().map_or(0, |h| h.len())) as u64;
+            server.deliver_routed(m);
+        }
+        link.in_msgs.fetch_add(msgs, Ordering::Relaxed);
+        link.in_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// A `host:port` peers can dial for a bound address: the address itself, or
+/// this host's outbound address when bound to all interfaces.
+pub fn advertise_addr(bound: SocketAddr) -> String {
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    let ip = outbound_ip().unwrap_or_else(|| "127.0.0.1".parse().expect("loopback"));
+    SocketAddr::new(ip, bound.port()).to_string()
+}
+
+/// The address this host uses to reach other hosts (a UDP "connect" sends nothing).
+fn outbound_ip() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("10.255.255.255:9").ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
