@@ -32,7 +32,8 @@ use wire::{control::Kind, RoutedMsg};
 const MESSAGE_STREAMS: usize = 4;
 
 /// Bytes buffered per message stream before messages for a peer are dropped
-/// (a peer that is away or too slow must not make this node grow without bound).
+/// (a peer that is away or too slow must not make this node grow without
+/// bound); raised to twice `max_payload` when that is larger.
 const STREAM_MAX_PENDING: usize = 8 * 1024 * 1024;
 
 /// Cluster name used when none is configured, so nodes started without
@@ -189,6 +190,8 @@ pub struct Cluster {
     my_cluster_url: String,
     my_client_url: String,
     stopping: AtomicBool,
+    /// Bytes a message stream may buffer for a peer.
+    stream_max: usize,
 }
 
 impl Cluster {
@@ -200,7 +203,10 @@ impl Cluster {
         client_url: String,
     ) -> Result<Arc<Cluster>, LinkError> {
         let listen = opts.listen.expect("cluster listen address");
-        let endpoint = QuicEndpoint::bind(listen, identity, opts.peers.clone())?;
+        let mut endpoint = QuicEndpoint::bind(listen, identity, opts.peers.clone())?;
+        // A batch frame holds up to a stream's pending bytes plus one message.
+        let stream_max = STREAM_MAX_PENDING.max(2 * server.opts.max_payload);
+        endpoint.set_max_frame(stream_max + server.opts.max_payload + 64 * 1024);
         let bound = endpoint.local_addr().map_err(LinkError::Io)?;
         let my_cluster_url = opts
             .advertise
@@ -221,6 +227,7 @@ impl Cluster {
                 client_url
             },
             stopping: AtomicBool::new(false),
+            stream_max,
             opts,
         });
         tracing::info!("Cluster name is {}", cluster.opts.name);
@@ -505,7 +512,7 @@ impl Cluster {
             next_id: AtomicU64::new(1),
             control: control_tx,
             streams: (0..MESSAGE_STREAMS)
-                .map(|_| Outbound::new(STREAM_MAX_PENDING))
+                .map(|_| Outbound::new(self.stream_max))
                 .collect(),
             in_msgs: AtomicU64::new(0),
             in_bytes: AtomicU64::new(0),
