@@ -212,6 +212,16 @@ impl Default for ConnectOpts {
     }
 }
 
+/// Parses CONNECT JSON. A `null` field keeps its default, as in nats-server
+/// (clients such as async-nats send `"name":null`); a wrong type is an error.
+fn parse_connect(json: &[u8]) -> Result<ConnectOpts, String> {
+    let mut value: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    if let Some(map) = value.as_object_mut() {
+        map.retain(|_, v| !v.is_null());
+    }
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
 /// Connection-local state owned by the reader task.
 struct Session {
     server: Arc<Server>,
@@ -496,7 +506,7 @@ impl Session {
     fn connect(&mut self, json: &[u8]) -> bool {
         let is_object = json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
         let parsed = if is_object {
-            serde_json::from_slice::<ConnectOpts>(json).map_err(|e| e.to_string())
+            parse_connect(json)
         } else {
             Err("CONNECT argument is not a JSON object".to_owned())
         };
@@ -802,6 +812,21 @@ pub fn deliver_to(
         server.remove_subscription(sub);
     }
     delivered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_nulls_keep_defaults() {
+        let o = parse_connect(br#"{"verbose":null,"name":null,"lang":"rust","echo":false}"#).unwrap();
+        assert!(o.verbose && o.pedantic && !o.echo);
+        assert_eq!(o.name, "");
+        assert_eq!(o.lang, "rust");
+        assert!(parse_connect(br#"{"name":123}"#).is_err());
+        assert!(parse_connect(br#"{"echo":"yes"}"#).is_err());
+    }
 }
 
 /// A cheap per-thread random index for queue member selection.

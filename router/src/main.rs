@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = cli.server.apply(&mut opts) {
+    if let Err(e) = cli.server.apply(&mut opts).and_then(|()| opts.validate()) {
         eprintln!("tern: {e}");
         return ExitCode::from(1);
     }

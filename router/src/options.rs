@@ -72,6 +72,19 @@ pub struct Options {
     pub cluster: crate::cluster::ClusterOptions,
 }
 
+impl Options {
+    /// Checks combinations nats-server refuses at start-up.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_payload > self.max_pending {
+            return Err(format!(
+                "max_payload ({}) cannot be higher than max_pending ({})",
+                self.max_payload, self.max_pending
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// nats-server's default client port.
 pub const DEFAULT_PORT: u16 = 4222;
 
