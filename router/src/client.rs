@@ -820,7 +820,8 @@ mod tests {
 
     #[test]
     fn connect_nulls_keep_defaults() {
-        let o = parse_connect(br#"{"verbose":null,"name":null,"lang":"rust","echo":false}"#).unwrap();
+        let o =
+            parse_connect(br#"{"verbose":null,"name":null,"lang":"rust","echo":false}"#).unwrap();
         assert!(o.verbose && o.pedantic && !o.echo);
         assert_eq!(o.name, "");
         assert_eq!(o.lang, "rust");

@@ -36,6 +36,9 @@ const MESSAGE_STREAMS: usize = 4;
 /// bound); raised to twice `max_payload` when that is larger.
 const STREAM_MAX_PENDING: usize = 8 * 1024 * 1024;
 
+/// Failed dials in a row after which a route learned by gossip is dropped.
+const IMPLICIT_ATTEMPTS: u32 = 10;
+
 /// Cluster name used when none is configured, so nodes started without
 /// `--cluster_name` still agree.
 pub const DEFAULT_CLUSTER_NAME: &str = "tern";
@@ -83,6 +86,8 @@ pub struct Link {
     pub client_url: String,
     pub quic: QuicLink,
     pub dialed_by_me: bool,
+    /// The dialer's nonce from the hello, the tie-breaker between racing links.
+    pub nonce: u64,
     pub started: SystemTime,
     remote: Sublist<RemoteInterest>,
     remote_ids: Mutex<HashMap<(Bytes, Bytes), u64>>,
@@ -239,7 +244,7 @@ impl Cluster {
         }
         tokio::spawn(cluster.clone().accept_loop());
         for route in cluster.opts.routes.clone() {
-            cluster.spawn_dialer(route);
+            cluster.spawn_dialer(route, None);
         }
         Ok(cluster)
     }
@@ -371,19 +376,32 @@ impl Cluster {
         }
     }
 
-    fn spawn_dialer(self: &Arc<Self>, url: String) {
+    /// Starts keeping a link to `url`. `learned` is the node id when the URL
+    /// came from gossip (an implicit route) rather than the configuration.
+    fn spawn_dialer(self: &Arc<Self>, url: String, learned: Option<String>) {
         if url == self.my_cluster_url || !self.dialing.lock().insert(url.clone()) {
             return;
         }
-        tokio::spawn(self.clone().dial_loop(url));
+        tokio::spawn(self.clone().dial_loop(url, learned));
     }
 
     /// Keeps a link to `url` up: dials, runs the link, redials with
     /// exponential backoff and jitter while no link to that node exists.
-    async fn dial_loop(self: Arc<Self>, url: String) {
+    /// Configured routes are dialed for as long as the node runs, like
+    /// nats-server's; a route learned by gossip is given up after
+    /// [`IMPLICIT_ATTEMPTS`] failures in a row (gossip restarts it if the node
+    /// is still around).
+    async fn dial_loop(self: Arc<Self>, url: String, learned: Option<String>) {
+        let implicit = learned.is_some();
         let mut backoff = Duration::from_millis(100);
-        let mut node: Option<String> = None;
+        let mut node: Option<String> = learned;
         let mut logged_failure = false;
+        let mut failures = 0;
+        if implicit {
+            // Other members learn of the same node at the same moment; a
+            // short random delay lets one link form before others try.
+            tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 300)).await;
+        }
         while !self.stopping.load(Ordering::Relaxed) {
             if let Some(id) = &node {
                 if self.has_link(id) {
@@ -400,6 +418,7 @@ impl Cluster {
                         break;
                     }
                     logged_failure = false;
+                    failures = 0;
                     backoff = Duration::from_millis(100);
                     node = Some(quic.peer_key().to_owned());
                     if let Err(e) = self.clone().run_link(quic, true).await {
@@ -408,6 +427,11 @@ impl Cluster {
                     continue;
                 }
                 Err(e) => {
+                    failures += 1;
+                    if implicit && failures >= IMPLICIT_ATTEMPTS {
+                        tracing::debug!("giving up implicit route {url}: {e}");
+                        break;
+                    }
                     if !logged_failure {
                         tracing::warn!("cannot link to route {url}: {e}");
                         logged_failure = true;
@@ -442,15 +466,15 @@ impl Cluster {
     /// Runs one authenticated link until it ends. Returns the peer's node id.
     async fn run_link(self: Arc<Self>, quic: QuicLink, dialed: bool) -> Result<String, String> {
         let server = self.server.upgrade().ok_or("server gone")?;
-        let hello = wire::Hello {
+        let mut hello = wire::Hello {
             node_id: self.node_id.clone(),
             cluster_name: self.opts.name.clone(),
             server_name: server.info.server_name.clone(),
             cluster_url: self.my_cluster_url.clone(),
             client_url: self.my_client_url.clone(),
             version: wire::PROTOCOL_VERSION,
+            link_nonce: if dialed { rand::random() } else { 0 },
         };
-        let hello_frame = wire::encode_control(Kind::Hello(hello));
         let exchange = async {
             let mut control = if dialed {
                 quic.open_control().await?
@@ -458,11 +482,22 @@ impl Cluster {
                 quic.accept_control().await?
             };
             if dialed {
-                control.send_frame(&hello_frame).await?;
+                control
+                    .send_frame(&wire::encode_control(Kind::Hello(hello.clone())))
+                    .await?;
             }
             let theirs = control.recv_frame().await?;
             if !dialed {
-                control.send_frame(&hello_frame).await?;
+                // The acceptor echoes the dialer's nonce so both ends agree on it.
+                if let Some(Ok(wire::Control {
+                    kind: Some(Kind::Hello(h)),
+                })) = theirs.clone().map(wire::Control::decode)
+                {
+                    hello.link_nonce = h.link_nonce;
+                }
+                control
+                    .send_frame(&wire::encode_control(Kind::Hello(hello.clone())))
+                    .await?;
             }
             Ok::<_, LinkError>((control, theirs))
         };
@@ -506,6 +541,7 @@ impl Cluster {
             client_url: theirs.client_url.clone(),
             quic: quic.clone(),
             dialed_by_me: dialed,
+            nonce: theirs.link_nonce.max(hello.link_nonce),
             started: SystemTime::now(),
             remote: Sublist::new(),
             remote_ids: Mutex::new(HashMap::new()),
@@ -550,17 +586,18 @@ impl Cluster {
         Ok(node_id)
     }
 
-    /// Adds a link, resolving two links to the same node: the one dialed by
-    /// the node with the smaller id wins, on both sides alike.
+    /// Adds a link, resolving two live links to the same node the same way
+    /// on both ends: the one dialed by the node with the smaller id wins, and
+    /// between links dialed by the same node, the smaller nonce.
     fn register(&self, link: &Arc<Link>) -> bool {
         let local = self.local.lock();
         let mut by = self.by_node.lock();
-        let preferred = |l: &Link| l.dialed_by_me == (self.node_id < l.node_id);
+        let rank = |l: &Link| (l.dialed_by_me != (self.node_id < l.node_id), l.nonce);
         if let Some(existing) = by.get(&link.node_id) {
-            if preferred(existing) && !preferred(link) && existing.quic.close_reason().is_none() {
+            if existing.quic.close_reason().is_none() && rank(existing) <= rank(link) {
                 return false;
             }
-            existing.quic.close("replaced by a newer link");
+            existing.quic.close("duplicate link");
         }
         by.insert(link.node_id.clone(), link.clone());
         *self.links.write() = by.values().cloned().collect();
@@ -634,7 +671,7 @@ impl Cluster {
                         learned = true;
                         // Of two nodes that learn of each other, the smaller id dials.
                         if self.node_id < n.node_id {
-                            self.spawn_dialer(n.cluster_url);
+                            self.spawn_dialer(n.cluster_url, Some(n.node_id));
                         }
                     }
                     if learned {

@@ -35,6 +35,10 @@ pub struct Hello {
     pub client_url: String,
     #[prost(uint32, tag = "6")]
     pub version: u32,
+    /// Chosen by the dialing node and echoed by the acceptor: when two links
+    /// to the same node race, both ends keep the same one by comparing it.
+    #[prost(uint64, tag = "7")]
+    pub link_nonce: u64,
 }
 
 /// One change of interest: a subject (and queue group) gained or lost local subscribers.
