@@ -346,3 +346,195 @@ class RawConn:
         o = {"verbose": False, "pedantic": False}
         o.update(opts)
         self.send(b"CONNECT " + json.dumps(o).encode() + b"\r\n")
+
+
+# -- clusters ----------------------------------------------------------------
+
+_HANDED_OUT_PORTS: set[int] = set()
+
+
+def free_cluster_port(host: str = "127.0.0.1") -> int:
+    """A port that is free for both UDP (Tern's QUIC cluster endpoint) and TCP
+    (nats-server's routes) right now.  Not reserved: a node that then fails
+    to bind it is restarted on another one by `Cluster.add`."""
+    for _ in range(100):
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            u.bind((host, 0))
+            port = u.getsockname()[1]
+            if port in _HANDED_OUT_PORTS:
+                continue
+            t.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            u.close()
+            t.close()
+        _HANDED_OUT_PORTS.add(port)
+        return port
+    raise ServerError("no free cluster port found")
+
+
+class ClusterNode(Server):
+    """A server started with clustering on: `cluster_port` (UDP for Tern,
+    TCP for nats-server) is fixed, so `start(same_ports=True)` brings the node
+    back exactly where it was.  With `log_file`, the server logs there (`-l`)."""
+
+    READY_LINE = "Listening for route connections on"
+
+    def __init__(self, *a, cluster_port: int, log_file: Path | None = None,
+                 key_file: Path | None = None, **kw):
+        super().__init__(*a, **kw)
+        self.cluster_port = cluster_port
+        self.log_file = log_file
+        self.key_file = key_file
+        self._server_id: str | None = None
+
+    @property
+    def cluster_url(self) -> str:
+        return f"nats://{self.host}:{self.cluster_port}"
+
+    def _log_source(self) -> Path:
+        return self.log_file or self.log_path
+
+    def log_text(self) -> str:
+        """Everything the server logged so far (all starts)."""
+        try:
+            return self._log_source().read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, n: int = 60) -> str:
+        tail = super().log_tail(n)
+        if self.log_file is not None:
+            lines = self.log_text().splitlines()[-n:]
+            tail += f"\n--- -l {self.log_file} ---\n" + "\n".join(lines)
+        return tail
+
+    def start(self, same_ports: bool = False, timeout: float = 15.0) -> "ClusterNode":
+        src = self._log_source()
+        offset = src.stat().st_size if src.exists() else 0
+        self._server_id = None
+        super().start(same_ports=same_ports, timeout=timeout)
+        # The ports file is written before the cluster endpoint is bound:
+        # wait for the line both servers log once it is.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with open(src, "rb") as f:
+                    f.seek(offset)
+                    new = f.read().decode(errors="replace")
+            except OSError:
+                new = ""
+            if self.READY_LINE in new:
+                return self
+            if not self.alive():
+                code = self.proc.returncode if self.proc else None
+                self.stop()
+                raise ServerError(f"node exited ({code}) before its cluster endpoint was up; "
+                                  f"log:\n{self.log_tail()}")
+            time.sleep(0.02)
+        self.stop()
+        raise ServerError(f"no {self.READY_LINE!r} within {timeout}s; log:\n{self.log_tail()}")
+
+    @property
+    def server_id(self) -> str:
+        if self._server_id is None:
+            self._server_id = self.varz()["server_id"]
+        return self._server_id
+
+    def routez(self, subs: bool = False) -> dict:
+        return self.http_get("/routez?subs=1" if subs else "/routez")[1]
+
+    def route_peers(self, subs: bool = False) -> dict[str, list[dict]]:
+        """remote_id -> the /routez entries for it.  Tern keeps one link per
+        peer; nats-server pools several TCP routes per peer."""
+        peers: dict[str, list[dict]] = {}
+        for r in self.routez(subs).get("routes") or []:
+            peers.setdefault(r["remote_id"], []).append(r)
+        return peers
+
+
+class Cluster:
+    """Nodes of one cluster, started with `--cluster`/`--routes` flags (or a
+    config), all killed by PID in `stop_all`."""
+
+    def __init__(self, kind: str, workdir: Path, name: str = "tc"):
+        self.kind = kind
+        self.workdir = Path(workdir)
+        self.name = name
+        self.nodes: list[ClusterNode] = []
+        self._count = 0
+
+    def add(self, routes: list[int] | None = None, *, cluster_name: str | None = None,
+            cluster_port: int | None = None, config: str | None = None,
+            extra_args: list[str] | None = None, log_to_file: bool = False,
+            flags: bool = True, key_seed: str | None = None) -> ClusterNode:
+        """Start one node.  `routes` are cluster ports of seed nodes.  With
+        `flags=False` the cluster is configured by `config` alone (which may
+        use `{cluster_port}`, formatted in here).  Tern nodes get a key file
+        in their directory (`--server_key_file`), holding `key_seed` if given
+        (else Tern generates one)."""
+        fixed = cluster_port is not None
+        last: Exception | None = None
+        for _ in range(1 if fixed else 4):
+            port = cluster_port if fixed else free_cluster_port()
+            self._count += 1
+            i = self._count
+            wd = self.workdir / f"node{i}"
+            wd.mkdir(parents=True, exist_ok=True)
+            log_file = wd / "node.log" if log_to_file else None
+            key_file = wd / "node.seed" if self.kind == "tern" else None
+            if key_file is not None and key_seed is not None:
+                key_file.write_text(key_seed + "\n")
+            args = ["-n", f"node{i}"]
+            if flags:
+                args += ["--cluster", f"nats://127.0.0.1:{port}",
+                         "--cluster_name", cluster_name or self.name]
+                if routes:
+                    args += ["--routes", ",".join(f"nats://127.0.0.1:{p}" for p in routes)]
+                if key_file is not None:
+                    args += ["--server_key_file", str(key_file)]
+            if log_file is not None:
+                args += ["-l", str(log_file)]
+            args += list(extra_args or [])
+            node = ClusterNode(binary_for(self.kind), wd,
+                               config=config.replace("{cluster_port}", str(port)) if config else None,
+                               extra_args=args, name=self.kind, cluster_port=port,
+                               log_file=log_file, key_file=key_file)
+            try:
+                node.start()
+            except ServerError as e:
+                last = e  # most likely the picked port was taken meanwhile
+                continue
+            self.nodes.append(node)
+            return node
+        raise ServerError(f"could not start a cluster node: {last}")
+
+    def start(self, n: int) -> list[ClusterNode]:
+        """n nodes, every one with a route to the first (the seed) only."""
+        seed = self.add()
+        rest = [self.add(routes=[seed.cluster_port]) for _ in range(n - 1)]
+        return [seed] + rest
+
+    def mesh_problems(self, nodes: list[ClusterNode]) -> list[str]:
+        """Why `nodes` are not (yet) a full mesh among themselves; [] when
+        each one's /routez lists exactly the others."""
+        problems = []
+        ids = {n: n.server_id for n in nodes}
+        for n in nodes:
+            want = {ids[o] for o in nodes if o is not n}
+            try:
+                have = set(n.route_peers())
+            except OSError as e:
+                problems.append(f"node{nodes.index(n) + 1}: /routez failed: {e}")
+                continue
+            if have != want:
+                problems.append(f"node{nodes.index(n) + 1} ({n.url}) routes to "
+                                f"{sorted(have)}, want {sorted(want)}")
+        return problems
+
+    def stop_all(self) -> None:
+        for n in self.nodes:
+            n.stop()

@@ -88,6 +88,8 @@ pub struct Link {
     pub dialed_by_me: bool,
     /// The dialer's nonce from the hello, the tie-breaker between racing links.
     pub nonce: u64,
+    /// The peer process's boot id (see `Hello::boot_id`).
+    pub boot_id: u64,
     pub started: SystemTime,
     remote: Sublist<RemoteInterest>,
     remote_ids: Mutex<HashMap<(Bytes, Bytes), u64>>,
@@ -100,6 +102,11 @@ pub struct Link {
     pub out_bytes: AtomicU64,
     /// Messages dropped because the peer fell too far behind.
     pub dropped: AtomicU64,
+    /// Interest frames queued to the peer so far.
+    interest_sent: AtomicU64,
+    /// Interest frames received from the peer and applied so far.
+    interest_applied: AtomicU64,
+    interest_progress: tokio::sync::Notify,
 }
 
 impl Link {
@@ -128,7 +135,26 @@ impl Link {
     }
 
     fn send_control(&self, kind: Kind) {
+        if matches!(kind, Kind::Interest(_)) {
+            self.interest_sent.fetch_add(1, Ordering::Release);
+        }
         let _ = self.control.send(wire::encode_control(kind));
+    }
+
+    /// Waits until the peer's interest frames up to `version` are applied, so
+    /// a message is not delivered ahead of interest changes sent before it.
+    /// Bounded: a control stream that stalls this long is a dead link anyway.
+    async fn await_interest(&self, version: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let progressed = self.interest_progress.notified();
+            if self.interest_applied.load(Ordering::Acquire) >= version {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, progressed).await.is_err() {
+                return;
+            }
+        }
     }
 
     fn send_msg(&self, publisher: u64, msg: &RoutedMsg) {
@@ -148,6 +174,12 @@ impl Link {
     }
 
     fn apply_interest(&self, batch: wire::InterestBatch) {
+        self.apply_interest_items(batch);
+        self.interest_applied.fetch_add(1, Ordering::Release);
+        self.interest_progress.notify_waiters();
+    }
+
+    fn apply_interest_items(&self, batch: wire::InterestBatch) {
         let mut ids = self.remote_ids.lock();
         if batch.full {
             for ((subject, queue), id) in ids.drain() {
@@ -197,6 +229,8 @@ pub struct Cluster {
     stopping: AtomicBool,
     /// Bytes a message stream may buffer for a peer.
     stream_max: usize,
+    /// Random per process start, announced in hellos and gossip.
+    boot_id: u64,
 }
 
 impl Cluster {
@@ -233,6 +267,7 @@ impl Cluster {
             },
             stopping: AtomicBool::new(false),
             stream_max,
+            boot_id: rand::random(),
             opts,
         });
         tracing::info!("Cluster name is {}", cluster.opts.name);
@@ -350,6 +385,7 @@ impl Cluster {
                     payload: payload.clone(),
                     plain,
                     queues,
+                    interest_version: link.interest_sent.load(Ordering::Acquire),
                 };
                 link.send_msg(publisher, &msg);
                 forwarded = true;
@@ -360,6 +396,10 @@ impl Cluster {
 
     fn has_link(&self, node_id: &str) -> bool {
         self.by_node.lock().contains_key(node_id)
+    }
+
+    fn link_to(&self, node_id: &str) -> Option<Arc<Link>> {
+        self.by_node.lock().get(node_id).cloned()
     }
 
     async fn accept_loop(self: Arc<Self>) {
@@ -409,7 +449,7 @@ impl Cluster {
                     continue;
                 }
             }
-            match self.dial(&url).await {
+            let attempt = match self.dial(&url).await {
                 Ok(quic) => {
                     if quic.peer_key() == self.node_id {
                         // A seed route that points at this very node.
@@ -417,13 +457,18 @@ impl Cluster {
                         tracing::debug!("route {url} is this node, not dialing it");
                         break;
                     }
+                    node = Some(quic.peer_key().to_owned());
+                    // A link refused after the handshake (cluster name, bad
+                    // hello) is a failure like any other: back off.
+                    self.clone().run_link(quic, true).await
+                }
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok(_) => {
                     logged_failure = false;
                     failures = 0;
                     backoff = Duration::from_millis(100);
-                    node = Some(quic.peer_key().to_owned());
-                    if let Err(e) = self.clone().run_link(quic, true).await {
-                        tracing::debug!("link to {url} ended: {e}");
-                    }
                     continue;
                 }
                 Err(e) => {
@@ -474,6 +519,7 @@ impl Cluster {
             client_url: self.my_client_url.clone(),
             version: wire::PROTOCOL_VERSION,
             link_nonce: if dialed { rand::random() } else { 0 },
+            boot_id: self.boot_id,
         };
         let exchange = async {
             let mut control = if dialed {
@@ -542,6 +588,7 @@ impl Cluster {
             quic: quic.clone(),
             dialed_by_me: dialed,
             nonce: theirs.link_nonce.max(hello.link_nonce),
+            boot_id: theirs.boot_id,
             started: SystemTime::now(),
             remote: Sublist::new(),
             remote_ids: Mutex::new(HashMap::new()),
@@ -555,6 +602,9 @@ impl Cluster {
             out_msgs: AtomicU64::new(0),
             out_bytes: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            interest_sent: AtomicU64::new(0),
+            interest_applied: AtomicU64::new(0),
+            interest_progress: tokio::sync::Notify::new(),
         });
         let (send, recv) = control.split();
         if !self.register(&link) {
@@ -594,10 +644,15 @@ impl Cluster {
         let mut by = self.by_node.lock();
         let rank = |l: &Link| (l.dialed_by_me != (self.node_id < l.node_id), l.nonce);
         if let Some(existing) = by.get(&link.node_id) {
-            if existing.quic.close_reason().is_none() && rank(existing) <= rank(link) {
+            let stale = existing.quic.close_reason().is_some() || existing.boot_id != link.boot_id;
+            if !stale && rank(existing) <= rank(link) {
                 return false;
             }
-            existing.quic.close("duplicate link");
+            existing.quic.close(if stale {
+                "peer restarted"
+            } else {
+                "duplicate link"
+            });
         }
         by.insert(link.node_id.clone(), link.clone());
         *self.links.write() = by.values().cloned().collect();
@@ -632,12 +687,14 @@ impl Cluster {
                 node_id: l.node_id.clone(),
                 cluster_url: l.cluster_url.clone(),
                 client_url: l.client_url.clone(),
+                boot_id: l.boot_id,
             })
             .collect();
         nodes.push(wire::NodeInfo {
             node_id: self.node_id.clone(),
             cluster_url: self.my_cluster_url.clone(),
             client_url: self.my_client_url.clone(),
+            boot_id: self.boot_id,
         });
         for l in &links {
             l.send_control(Kind::Gossip(wire::Gossip {
@@ -662,11 +719,17 @@ impl Cluster {
                 Kind::Gossip(g) => {
                     let mut learned = false;
                     for n in g.nodes {
-                        if n.node_id == self.node_id
-                            || self.has_link(&n.node_id)
-                            || n.cluster_url.is_empty()
-                        {
+                        if n.node_id == self.node_id || n.cluster_url.is_empty() {
                             continue;
+                        }
+                        if let Some(l) = self.link_to(&n.node_id) {
+                            if l.boot_id == n.boot_id {
+                                continue;
+                            }
+                            // The node restarted; our link to it is a leftover
+                            // the idle timeout has not noticed yet.
+                            tracing::info!("{} restarted, dropping the old link", l.server_name);
+                            l.quic.close("peer restarted");
                         }
                         learned = true;
                         // Of two nodes that learn of each other, the smaller id dials.
@@ -736,6 +799,9 @@ async fn stream_reader(server: Arc<Server>, link: Arc<Link>, mut recv: FrameRece
         let mut msgs = 0u64;
         let mut bytes = 0u64;
         for m in &batch.msgs {
+            if m.interest_version > link.interest_applied.load(Ordering::Acquire) {
+                link.await_interest(m.interest_version).await;
+            }
             msgs += 1;
             bytes += (m.payload.len() + m.headers.as_ref().map_or(0, |h| h.len())) as u64;
             server.deliver_routed(m);

@@ -39,6 +39,10 @@ pub struct Hello {
     /// to the same node race, both ends keep the same one by comparing it.
     #[prost(uint64, tag = "7")]
     pub link_nonce: u64,
+    /// Random per process start: a link to the same node id with another
+    /// boot id is left over from before that node restarted.
+    #[prost(uint64, tag = "8")]
+    pub boot_id: u64,
 }
 
 /// One change of interest: a subject (and queue group) gained or lost local subscribers.
@@ -75,6 +79,8 @@ pub struct NodeInfo {
     pub cluster_url: String,
     #[prost(string, tag = "3")]
     pub client_url: String,
+    #[prost(uint64, tag = "4")]
+    pub boot_id: u64,
 }
 
 /// The nodes a node is linked to, so every member learns every other.
@@ -134,6 +140,13 @@ pub struct RoutedMsg {
     /// Queue groups the receiver delivers to (one member each).
     #[prost(bytes = "bytes", repeated, tag = "6")]
     pub queues: Vec<Bytes>,
+    /// Interest frames the sender had queued on the control stream when it
+    /// routed this message. The receiver delivers the message only after it
+    /// has applied that many, so a reply can never overtake the SUB its
+    /// requester sent first (control and message streams are not ordered
+    /// with each other).
+    #[prost(uint64, tag = "7")]
+    pub interest_version: u64,
 }
 
 /// A frame on a message stream: messages in publish order.
@@ -167,6 +180,7 @@ mod tests {
             payload: Bytes::from_static(b"hello"),
             plain: true,
             queues: vec![],
+            interest_version: 0,
         };
         let b = RoutedMsg {
             subject: Bytes::from_static(b"bar"),
@@ -175,6 +189,7 @@ mod tests {
             payload: Bytes::new(),
             plain: false,
             queues: vec![Bytes::from_static(b"q")],
+            interest_version: 7,
         };
         let mut buf = BytesMut::new();
         append_to_batch(&mut buf, &a);
