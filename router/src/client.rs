@@ -643,7 +643,7 @@ impl Session {
             self.stall_if_behind(&sub.client).await;
             delivered |= self.deliver(sub, &subject, reply_ref, headers_ref, &payload);
         }
-        let cluster = self.cluster.clone();
+        let clustered = self.cluster.is_some();
         let mut served_queues: Vec<Bytes> = Vec::new();
         for (name, members) in &result.queues {
             // Start at a random member and take the first that can accept it.
@@ -657,14 +657,14 @@ impl Session {
                 self.stall_if_behind(&sub.client).await;
                 if self.deliver(sub, &subject, reply_ref, headers_ref, &payload) {
                     delivered = true;
-                    if cluster.is_some() {
+                    if clustered {
                         served_queues.push(name.clone());
                     }
                     break;
                 }
             }
         }
-        if let Some(cluster) = cluster {
+        if let Some(cluster) = &self.cluster {
             delivered |= cluster.forward(
                 me,
                 &subject,
