@@ -78,6 +78,8 @@ pub(crate) struct Conn {
     pub stream: TcpStream,
     pub rbuf: BytesMut,
     parser: Parser,
+    /// `client_id` from the server's INFO, if it sent one.
+    pub client_id: Option<u64>,
 }
 
 impl Conn {
@@ -92,9 +94,14 @@ impl Conn {
             stream,
             rbuf: BytesMut::with_capacity(64 * 1024),
             parser: Parser::new(Limits::default()),
+            client_id: None,
         };
         match conn.next_op(deadline).await? {
-            Op::Info(_) => {}
+            Op::Info(json) => {
+                conn.client_id = serde_json::from_slice::<serde_json::Value>(&json)
+                    .ok()
+                    .and_then(|v| v.get("client_id").and_then(|c| c.as_u64()));
+            }
             op => return err(format!("expected INFO from server, got {}", op.verb())),
         }
         let connect = format!(
@@ -132,6 +139,22 @@ impl Conn {
         }
     }
 
+    /// Like [`Conn::next_op`], but `None` when `deadline` passes first.
+    pub async fn poll_op(&mut self, deadline: Instant) -> Result<Option<Op>> {
+        loop {
+            if let Some(op) = self.parser.parse(&mut self.rbuf)? {
+                return Ok(Some(op));
+            }
+            self.rbuf.reserve(64 * 1024);
+            match timeout_at(deadline, self.stream.read_buf(&mut self.rbuf)).await {
+                Err(_) => return Ok(None),
+                Ok(Ok(0)) => return err("server closed the connection"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
     /// The next operation already buffered, without reading; lets a
     /// responder answer everything one read brought before writing once.
     pub fn try_next_op(&mut self) -> Result<Option<Op>> {
@@ -155,9 +178,118 @@ impl Conn {
     }
 }
 
+/// Splits a comma-separated list of server URLs into socket addresses.
+pub(crate) fn server_addrs(urls: &str) -> std::result::Result<Vec<String>, String> {
+    let addrs = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(server_addr)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    if addrs.is_empty() {
+        return Err(format!("bad server list {urls:?}"));
+    }
+    Ok(addrs)
+}
+
+/// A subject no one else uses, for interest probes.
+pub(crate) fn probe_prefix() -> String {
+    format!("_TERN_BENCH.{:016x}", rand::random::<u64>())
+}
+
+/// How long to wait for each probe before sending the next round.
+const PROBE_WAIT: Duration = Duration::from_millis(25);
+
+/// Waits until every subscriber's interest has reached every publisher's
+/// server, which in a cluster takes a moment after the subscriber's own
+/// server confirmed the SUB.
+///
+/// Subscriber `i` must already be subscribed to `{prefix}.{i}` with sid
+/// `probe_sid`, after its real subscriptions on the same connection (servers
+/// propagate a connection's interest in order, so the probe arriving proves
+/// the earlier ones arrived too). Each publisher publishes probes carrying
+/// its index until every subscriber has received one from every publisher;
+/// then the probe subscriptions are removed (UNSUB confirmed by PONG, so no
+/// probe reaches the measured stream afterwards).
+pub(crate) async fn sync_interest(
+    pubs: &mut [&mut Conn],
+    subs: &mut [&mut Conn],
+    prefix: &str,
+    probe_sid: &str,
+    limit: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    let np = pubs.len();
+    // seen[i][j]: subscriber i got a probe from publisher j.
+    let mut seen = vec![vec![false; np]; subs.len()];
+    let mut out = BytesMut::new();
+    while seen.iter().any(|s| s.iter().any(|x| !x)) {
+        if Instant::now() >= deadline {
+            let missing = seen.iter().filter(|s| s.iter().any(|x| !x)).count();
+            return err(format!(
+                "interest of {missing} subscriber(s) did not reach the publishers' \
+                 server(s) within {:.1} s",
+                limit.as_secs_f64()
+            ));
+        }
+        for (j, p) in pubs.iter_mut().enumerate() {
+            out.clear();
+            for (i, s) in seen.iter().enumerate() {
+                if !s[j] {
+                    let subject = format!("{prefix}.{i}");
+                    nats_proto::encode::write_pub(
+                        &mut out,
+                        subject.as_bytes(),
+                        None,
+                        j.to_string().as_bytes(),
+                    );
+                }
+            }
+            if !out.is_empty() {
+                timeout_at(deadline, p.stream.write_all(&out)).await??;
+            }
+        }
+        let wait_until = Instant::now() + PROBE_WAIT;
+        for (i, s) in subs.iter_mut().enumerate() {
+            if seen[i].iter().all(|&x| x) {
+                continue;
+            }
+            while let Some(op) = s.poll_op(wait_until).await? {
+                match op {
+                    Op::Msg { sid, payload, .. } if sid == probe_sid.as_bytes() => {
+                        if let Some(j) = std::str::from_utf8(&payload)
+                            .ok()
+                            .and_then(|t| t.parse::<usize>().ok())
+                            .filter(|&j| j < np)
+                        {
+                            seen[i][j] = true;
+                        }
+                    }
+                    Op::Ping => {
+                        timeout_at(deadline, s.stream.write_all(b"PONG\r\n")).await??;
+                    }
+                    Op::Err(t) => {
+                        return err(format!("server error: {}", String::from_utf8_lossy(&t)))
+                    }
+                    _ => {}
+                }
+                if seen[i].iter().all(|&x| x) {
+                    break;
+                }
+            }
+        }
+    }
+    let unsub = format!("UNSUB {probe_sid}\r\n");
+    for s in subs.iter_mut() {
+        s.roundtrip(unsub.as_bytes(), deadline + CONNECT_TIMEOUT)
+            .await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::server_addr;
+    use super::{server_addr, server_addrs};
 
     #[test]
     fn urls() {
@@ -172,5 +304,7 @@ mod tests {
         assert_eq!(server_addr("nats://[::1]").unwrap(), "[::1]:4222");
         assert!(server_addr("nats://").is_err());
         assert!(server_addr("h:notaport").is_err());
+        assert_eq!(server_addrs("a:1, b:2").unwrap(), vec!["a:1", "b:2"]);
+        assert!(server_addrs(",").is_err());
     }
 }

@@ -10,6 +10,7 @@
 
 mod client;
 mod counter;
+mod hol;
 mod report;
 mod reqrep;
 mod throughput;
@@ -18,7 +19,7 @@ use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
 
-pub use report::{Latency, Report};
+pub use report::{HolPhase, HolReport, Latency, Report};
 
 /// The traffic patterns `tern bench` can generate.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,13 @@ pub enum Scenario {
     Queue,
     /// Sequential request/reply round trips; reports latency percentiles.
     Reqrep,
+    /// Head-of-line demo: small timestamped messages (`--size`, default
+    /// 16 B, one every `--interval-us`) on subject `small` from one
+    /// connection, measured at a subscriber first alone, then while a
+    /// second connection publishes `--big-size` messages (default 1 MiB)
+    /// on subject `big` as fast as a subscriber takes them. Meant to run
+    /// across a cluster: `--pub-server A --sub-server B`.
+    Hol,
 }
 
 impl fmt::Display for Scenario {
@@ -47,6 +55,7 @@ impl fmt::Display for Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Queue => "queue",
             Scenario::Reqrep => "reqrep",
+            Scenario::Hol => "hol",
         })
     }
 }
@@ -74,14 +83,16 @@ pub struct BenchArgs {
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     pub server: String,
 
-    /// Messages to publish in total (split across publishers), or requests
-    /// for reqrep. Default: 1,000,000, or 20,000 for reqrep.
+    /// Messages to publish in total (split across publishers), requests for
+    /// reqrep, or small messages per phase for hol. Default: 1,000,000;
+    /// 20,000 for reqrep; 2,000 for hol.
     #[arg(long)]
     pub msgs: Option<u64>,
 
     /// Payload size: bytes, or with a K/KB/KiB/M/MB suffix (powers of 1024).
-    #[arg(long, default_value = "128", value_parser = parse_size)]
-    pub size: usize,
+    /// Default 128, or 16 for hol's small messages (at least 16).
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<usize>,
 
     /// Publisher connections (pub and sub scenarios; others use one).
     #[arg(long)]
@@ -119,7 +130,39 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
 
-    /// Unmeasured requests before a reqrep run (default: 1,000, capped at msgs).
+    #[command(flatten)]
+    pub more: Box<MoreArgs>,
+}
+
+/// The less common options: cross-node runs, hol, warm-up, threads (boxed
+/// in [`BenchArgs`] to keep the CLI's command enum small).
+#[derive(clap::Args, Debug, Clone)]
+pub struct MoreArgs {
+    /// Server(s) the publishers (and the reqrep requester) connect to,
+    /// comma separated and used round-robin; default: --server. With
+    /// --sub-server on another node of a cluster this measures cross-node
+    /// traffic; runs then first wait until the subscribers' interest has
+    /// reached every publisher's server.
+    #[arg(long, value_name = "URLS")]
+    pub pub_server: Option<String>,
+
+    /// Server(s) the subscribers (and the reqrep responder) connect to,
+    /// comma separated and used round-robin (e.g. fanout subscribers spread
+    /// over two nodes); default: --server.
+    #[arg(long, value_name = "URLS")]
+    pub sub_server: Option<String>,
+
+    /// hol: payload size of the big messages.
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    pub big_size: usize,
+
+    /// hol: microseconds between small messages.
+    #[arg(long, default_value_t = 1000)]
+    pub interval_us: u64,
+
+    /// Unmeasured requests before a reqrep run (default: 1,000, capped at
+    /// msgs), or unmeasured small messages before hol's first phase
+    /// (default 100).
     #[arg(long)]
     pub warmup: Option<u64>,
 
@@ -149,7 +192,14 @@ fn parse_size(s: &str) -> Result<usize, String> {
 pub(crate) struct Config {
     pub scenario: Scenario,
     pub server: String,
-    pub addr: String,
+    /// As given (comma-separated URLs), for reports.
+    pub pub_server: String,
+    pub sub_server: String,
+    pub pub_addrs: Vec<String>,
+    pub sub_addrs: Vec<String>,
+    /// Publishers and subscribers do not all share one server, so interest
+    /// must be seen to propagate before publishing.
+    pub cross: bool,
     pub msgs: u64,
     pub size: usize,
     pub pubs: usize,
@@ -162,6 +212,8 @@ pub(crate) struct Config {
     pub stall: Duration,
     pub warmup: u64,
     pub threads: usize,
+    pub big_size: usize,
+    pub interval: Duration,
 }
 
 impl Config {
@@ -180,6 +232,7 @@ impl Config {
             Scenario::Fanout => (1, a.subs.unwrap_or(10)),
             Scenario::Queue => (1, a.subs.unwrap_or(4)),
             Scenario::Reqrep => (1, 1),
+            Scenario::Hol => (2, 2),
         };
         if pubs == 0 {
             return Err("--pubs must be at least 1".into());
@@ -187,28 +240,59 @@ impl Config {
         if subs == 0 && scenario != Scenario::Pub {
             return Err("--subs must be at least 1".into());
         }
-        let msgs = a.msgs.unwrap_or(if scenario == Scenario::Reqrep {
-            20_000
-        } else {
-            1_000_000
+        let msgs = a.msgs.unwrap_or(match scenario {
+            Scenario::Reqrep => 20_000,
+            Scenario::Hol => 2_000,
+            _ => 1_000_000,
         });
         if msgs == 0 {
             return Err("--msgs must be at least 1".into());
         }
-        if a.size > nats_proto::DEFAULT_MAX_PAYLOAD {
+        let hol = scenario == Scenario::Hol;
+        let size = a.size.unwrap_or(if hol { 16 } else { 128 });
+        for (name, v) in [("--size", size), ("--big-size", a.more.big_size)] {
+            if v > nats_proto::DEFAULT_MAX_PAYLOAD {
+                return Err(format!(
+                    "{name} {v} exceeds the default max_payload of {} bytes",
+                    nats_proto::DEFAULT_MAX_PAYLOAD
+                ));
+            }
+        }
+        if hol && size < hol::STAMP_LEN {
             return Err(format!(
-                "--size {} exceeds the default max_payload of {} bytes",
-                a.size,
-                nats_proto::DEFAULT_MAX_PAYLOAD
+                "hol needs --size of at least {} bytes for its timestamp",
+                hol::STAMP_LEN
             ));
         }
+        if hol && a.more.big_size == 0 {
+            return Err("--big-size must be at least 1".into());
+        }
+        if hol && a.more.interval_us == 0 {
+            return Err("--interval-us must be at least 1".into());
+        }
+        let pub_server = a
+            .more
+            .pub_server
+            .clone()
+            .unwrap_or_else(|| a.server.clone());
+        let sub_server = a
+            .more
+            .sub_server
+            .clone()
+            .unwrap_or_else(|| a.server.clone());
+        let pub_addrs = client::server_addrs(&pub_server)?;
+        let sub_addrs = client::server_addrs(&sub_server)?;
+        let cross = pub_addrs
+            .iter()
+            .chain(&sub_addrs)
+            .any(|x| *x != pub_addrs[0]);
         if a.subject.is_empty() || a.subject.contains(|c: char| c.is_whitespace()) {
             return Err("--subject must be a non-empty subject without spaces".into());
         }
         if !(a.timeout > 0.0 && a.timeout.is_finite()) {
             return Err("--timeout must be a positive number of seconds".into());
         }
-        let threads = a.threads.unwrap_or_else(|| {
+        let threads = a.more.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2)
@@ -216,9 +300,13 @@ impl Config {
         Ok(Config {
             scenario,
             server: a.server.clone(),
-            addr: client::server_addr(&a.server)?,
+            pub_server,
+            sub_server,
+            pub_addrs,
+            sub_addrs,
+            cross,
             msgs,
-            size: a.size,
+            size,
             pubs,
             subs,
             json: a.json,
@@ -227,8 +315,14 @@ impl Config {
             flush_every: a.flush_every,
             max_lead: a.max_lead,
             stall: Duration::from_secs_f64(a.timeout),
-            warmup: a.warmup.unwrap_or(1_000).min(msgs),
+            warmup: if hol {
+                a.more.warmup.unwrap_or(100)
+            } else {
+                a.more.warmup.unwrap_or(1_000).min(msgs)
+            },
             threads: threads.max(1),
+            big_size: a.more.big_size,
+            interval: Duration::from_micros(a.more.interval_us),
         })
     }
 }
@@ -258,6 +352,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
     let result = rt.block_on(async {
         match cfg.scenario {
             Scenario::Reqrep => reqrep::run(&cfg).await,
+            Scenario::Hol => hol::run(&cfg).await,
             _ => throughput::run(&cfg).await,
         }
     });

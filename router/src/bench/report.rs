@@ -42,6 +42,43 @@ impl Latency {
     }
 }
 
+/// One phase of the hol scenario: the small messages' fate and latency
+/// (publisher's send to subscriber's receipt, one clock).
+#[derive(Debug, Clone, Serialize)]
+pub struct HolPhase {
+    pub sent: u64,
+    pub received: u64,
+    /// Not received within a few seconds of the phase's last send.
+    pub lost: u64,
+    pub secs: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<Latency>,
+}
+
+/// What the hol scenario found: small-message latency without (`idle`) and
+/// with (`loaded`) big messages flowing on the same path.
+#[derive(Debug, Clone, Serialize)]
+pub struct HolReport {
+    pub small_size: usize,
+    pub big_size: usize,
+    pub interval_us: u64,
+    pub idle: HolPhase,
+    pub loaded: HolPhase,
+    /// Big messages delivered during the loaded phase, and their rate.
+    pub big_msgs: u64,
+    pub big_msgs_per_sec: f64,
+    pub big_bytes_per_sec: f64,
+    /// Big messages published in all, and never delivered.
+    pub big_published: u64,
+    pub big_lost: u64,
+    /// Servers' `client_id`s of the two publishers (on Tern a publisher's
+    /// id picks its message stream on a cluster link).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub small_pub_client_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub big_pub_client_id: Option<u64>,
+}
+
 /// The outcome of one benchmark run. `msgs_per_sec` is what the server
 /// delivered to subscribers (all of them, for fanout), or what it accepted
 /// for `pub`, or completed round trips for `reqrep`.
@@ -49,6 +86,10 @@ impl Latency {
 pub struct Report {
     pub scenario: String,
     pub server: String,
+    /// Where publishers and subscribers connected (each `server` unless
+    /// given separately).
+    pub pub_server: String,
+    pub sub_server: String,
     pub size: usize,
     pub msgs: u64,
     pub pubs: usize,
@@ -66,6 +107,8 @@ pub struct Report {
     pub lost: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_us: Option<Latency>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hol: Option<HolReport>,
     /// Why the run ended early, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -77,6 +120,8 @@ impl Report {
         Report {
             scenario: cfg.scenario.to_string(),
             server: cfg.server.clone(),
+            pub_server: cfg.pub_server.clone(),
+            sub_server: cfg.sub_server.clone(),
             size: cfg.size,
             msgs: cfg.msgs,
             pubs: cfg.pubs,
@@ -89,6 +134,7 @@ impl Report {
             delivered: 0,
             lost: 0,
             latency_us: None,
+            hol: None,
             error: None,
         }
     }
@@ -101,6 +147,54 @@ impl Report {
     /// A short summary for a terminal.
     pub fn human(&self) -> String {
         let mut s = String::new();
+        let target = if self.pub_server == self.sub_server {
+            format!("against {}", self.pub_server)
+        } else {
+            format!("pub {} -> sub {}", self.pub_server, self.sub_server)
+        };
+        if let Some(h) = &self.hol {
+            s.push_str(&format!(
+                "tern bench hol: {} B every {:.1} ms on \"small\" while {} x {} B go on \"big\", {}\n",
+                h.small_size,
+                h.interval_us as f64 / 1000.0,
+                group(h.big_msgs as f64),
+                h.big_size,
+                target
+            ));
+            s.push_str(&format!(
+                "  big traffic   {} msgs/s  {}  ({} published, {} lost)\n",
+                group(h.big_msgs_per_sec),
+                rate(h.big_bytes_per_sec),
+                group(h.big_published as f64),
+                group(h.big_lost as f64)
+            ));
+            for (name, p) in [("small, idle  ", &h.idle), ("small, loaded", &h.loaded)] {
+                s.push_str(&format!(
+                    "  {name} {}/{} received",
+                    group(p.received as f64),
+                    group(p.sent as f64)
+                ));
+                if let Some(l) = &p.latency_us {
+                    s.push_str(&format!(
+                        "  p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1} (us)",
+                        l.p50, l.p90, l.p99, l.max
+                    ));
+                }
+                s.push('\n');
+            }
+            if let (Some(i), Some(l)) = (&h.idle.latency_us, &h.loaded.latency_us) {
+                s.push_str(&format!(
+                    "  loaded/idle   p50 x{:.1}  p99 x{:.1}  max x{:.1}\n",
+                    l.p50 / i.p50.max(1e-9),
+                    l.p99 / i.p99.max(1e-9),
+                    l.max / i.max.max(1e-9)
+                ));
+            }
+            if let Some(e) = &self.error {
+                s.push_str(&format!("  error         {e}\n"));
+            }
+            return s;
+        }
         let who = match self.scenario.as_str() {
             "pub" => format!("{} pub", self.pubs),
             "reqrep" => "1 requester / 1 responder".to_string(),
@@ -108,12 +202,12 @@ impl Report {
             _ => format!("{} pub / {} sub", self.pubs, self.subs),
         };
         s.push_str(&format!(
-            "tern bench {}: {}, {} msgs x {} B against {}\n",
+            "tern bench {}: {}, {} msgs x {} B {}\n",
             self.scenario,
             who,
             group(self.msgs as f64),
             self.size,
-            self.server
+            target
         ));
         s.push_str(&format!("  elapsed   {:.3} s\n", self.elapsed));
         if self.scenario == Scenario::Reqrep.to_string() {

@@ -18,13 +18,13 @@ use super::Config;
 
 /// Runs the reqrep scenario.
 pub(crate) async fn run(cfg: &Config) -> Result<Report> {
-    let mut resp = Conn::connect(&cfg.addr, "tern-bench-responder").await?;
+    let mut resp = Conn::connect(&cfg.sub_addrs[0], "tern-bench-responder").await?;
     resp.roundtrip(
         format!("SUB {} 1\r\n", cfg.subject).as_bytes(),
         Instant::now() + CONNECT_TIMEOUT,
     )
     .await?;
-    let mut req = Conn::connect(&cfg.addr, "tern-bench-requester").await?;
+    let mut req = Conn::connect(&cfg.pub_addrs[0], "tern-bench-requester").await?;
     let inbox = format!("_INBOX.{:016x}", rand::random::<u64>());
     req.roundtrip(
         format!("SUB {inbox}.* 1\r\n").as_bytes(),
@@ -42,7 +42,10 @@ pub(crate) async fn run(cfg: &Config) -> Result<Report> {
         })
     };
 
-    let result = requester(&mut req, cfg, &inbox).await;
+    let result = match sync(&mut req, cfg, &inbox).await {
+        Ok(()) => requester(&mut req, cfg, &inbox).await,
+        Err(e) => Err(e),
+    };
     responder_task.abort();
     let (mut samples, elapsed) = match result {
         Ok(x) => x,
@@ -62,6 +65,47 @@ pub(crate) async fn run(cfg: &Config) -> Result<Report> {
     r.delivered = cfg.msgs;
     r.latency_us = Latency::from_nanos(&mut samples);
     Ok(r)
+}
+
+/// Across a cluster, waits until a request gets answered: the responder's
+/// interest has reached the requester's server and the requester's inbox
+/// interest the responder's. Each probe request has its own reply subject;
+/// late answers to earlier probes are skipped by the requester like any
+/// stray reply.
+async fn sync(req: &mut Conn, cfg: &Config, inbox: &str) -> Result<()> {
+    if !cfg.cross {
+        return Ok(());
+    }
+    let limit = cfg.stall.max(CONNECT_TIMEOUT);
+    let deadline = Instant::now() + limit;
+    let mut out = BytesMut::new();
+    for k in 0u64.. {
+        if Instant::now() >= deadline {
+            return err(format!(
+                "no reply across the cluster within {:.1} s (interest did not propagate)",
+                limit.as_secs_f64()
+            ));
+        }
+        let reply = format!("{inbox}.sync{k}");
+        out.clear();
+        encode::write_pub(
+            &mut out,
+            cfg.subject.as_bytes(),
+            Some(reply.as_bytes()),
+            b"",
+        );
+        timeout(cfg.stall, req.stream.write_all(&out)).await??;
+        let wait_until = Instant::now() + Duration::from_millis(25);
+        while let Some(op) = req.poll_op(wait_until).await? {
+            match op {
+                Op::Msg { subject, .. } if subject == reply.as_bytes() => return Ok(()),
+                Op::Ping => timeout(cfg.stall, req.stream.write_all(b"PONG\r\n")).await??,
+                Op::Err(t) => return err(format!("server error: {}", String::from_utf8_lossy(&t))),
+                _ => {}
+            }
+        }
+    }
+    unreachable!("the probe loop only ends by returning")
 }
 
 /// Sends warm-up then measured requests sequentially; returns the measured

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 
-use super::client::{err, BenchError, Conn, Result, CONNECT_TIMEOUT};
+use super::client::{self, err, BenchError, Conn, Result, CONNECT_TIMEOUT};
 use super::counter::MsgCounter;
 use super::report::Report;
 use super::Config;
@@ -157,20 +157,43 @@ pub(crate) async fn run(cfg: &Config) -> Result<Report> {
     let shared = Arc::new(Shared::new(cfg.subs, target, queue));
 
     // Subscriptions first, each confirmed by a PONG, so none misses a message.
+    // Across a cluster each subscriber also takes a probe subscription, and
+    // publishing waits until the probes get through (`sync_interest`).
+    let probe = client::probe_prefix();
     let mut sub_conns = Vec::with_capacity(cfg.subs);
     for i in 0..cfg.subs {
-        let mut c = Conn::connect(&cfg.addr, &format!("tern-bench-sub-{i}")).await?;
-        let sub = match &cfg.queue {
+        let addr = &cfg.sub_addrs[i % cfg.sub_addrs.len()];
+        let mut c = Conn::connect(addr, &format!("tern-bench-sub-{i}")).await?;
+        let mut sub = match &cfg.queue {
             Some(q) => format!("SUB {} {q} 1\r\n", cfg.subject),
             None => format!("SUB {} 1\r\n", cfg.subject),
         };
+        if cfg.cross {
+            sub.push_str(&format!("SUB {probe}.{i} 2\r\n"));
+        }
         c.roundtrip(sub.as_bytes(), Instant::now() + CONNECT_TIMEOUT)
             .await?;
         sub_conns.push(c);
     }
     let mut pub_conns = Vec::with_capacity(cfg.pubs);
     for i in 0..cfg.pubs {
-        pub_conns.push(Conn::connect(&cfg.addr, &format!("tern-bench-pub-{i}")).await?);
+        let addr = &cfg.pub_addrs[i % cfg.pub_addrs.len()];
+        pub_conns.push(Conn::connect(addr, &format!("tern-bench-pub-{i}")).await?);
+    }
+    if cfg.cross && cfg.subs > 0 {
+        // One probing publisher per distinct publisher server.
+        let mut probers: Vec<&mut Conn> = Vec::new();
+        let mut seen_addrs: Vec<&String> = Vec::new();
+        for (i, c) in pub_conns.iter_mut().enumerate() {
+            let addr = &cfg.pub_addrs[i % cfg.pub_addrs.len()];
+            if !seen_addrs.contains(&addr) {
+                seen_addrs.push(addr);
+                probers.push(c);
+            }
+        }
+        let mut subs: Vec<&mut Conn> = sub_conns.iter_mut().collect();
+        let limit = cfg.stall.max(CONNECT_TIMEOUT);
+        client::sync_interest(&mut probers, &mut subs, &probe, "2", limit).await?;
     }
 
     let sub_tasks: Vec<JoinHandle<()>> = sub_conns
