@@ -35,6 +35,9 @@ pub const ALPN: &[u8] = b"tern-cluster/1";
 /// prefix cannot make a node allocate gigabytes.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
+/// Receive window of each stream (see `transport_config`).
+pub const STREAM_WINDOW: u32 = 512 * 1024;
+
 /// Keep-alive ping interval: keeps NAT bindings and idle links alive and lets
 /// the idle timeout below detect a dead peer quickly.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
@@ -397,10 +400,15 @@ fn transport_config() -> TransportConfig {
         IdleTimeout::try_from(IDLE_TIMEOUT).expect("idle timeout fits"),
     ))
     .keep_alive_interval(Some(KEEP_ALIVE))
-    // Large windows: a window as small as one big message starves the
-    // link's other streams (measured), and 64 MiB in flight per link is
-    // affordable for a handful of peers.
-    .stream_receive_window(VarInt::from_u32(16 * 1024 * 1024))
+    // The connection windows are large (64 MiB in flight per link is
+    // affordable for a handful of peers; a connection window as small as one
+    // big message starves the other streams). Each stream's window is small,
+    // so one stream of large messages cannot fill the connection with bytes
+    // that every other stream's frames then queue behind: the backlog stays
+    // with the sender, which takes the streams in turn (measured with
+    // `tern bench hol`: small-message p50 under 1 MiB traffic fell from
+    // 5 ms to 2 ms, throughput unchanged on loopback).
+    .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
     .receive_window(VarInt::from_u32(64 * 1024 * 1024))
     .send_window(64 * 1024 * 1024)
     .max_concurrent_bidi_streams(VarInt::from_u32(64))

@@ -36,6 +36,12 @@ const MESSAGE_STREAMS: usize = 4;
 /// bound); raised to twice `max_payload` when that is larger.
 const STREAM_MAX_PENDING: usize = 8 * 1024 * 1024;
 
+/// A batch at least this large marks its stream as carrying bulk data.
+const BULK_BATCH: usize = 64 * 1024;
+
+/// How long a replaced link stays open to deliver what it already carries.
+const RETIRE_GRACE: Duration = Duration::from_secs(2);
+
 /// Failed dials in a row after which a route learned by gossip is dropped.
 const IMPLICIT_ATTEMPTS: u32 = 10;
 
@@ -139,6 +145,35 @@ impl Link {
             self.interest_sent.fetch_add(1, Ordering::Release);
         }
         let _ = self.control.send(wire::encode_control(kind));
+    }
+
+    /// Copies the interest `other` (a link to the same peer) has learned.
+    fn adopt_interest(&self, other: &Link) {
+        let theirs: Vec<(Bytes, Bytes)> = other.remote_ids.lock().keys().cloned().collect();
+        let items = theirs
+            .into_iter()
+            .map(|(subject, queue)| wire::Interest {
+                subject,
+                queue,
+                weight: 1,
+                remove: false,
+            })
+            .collect();
+        self.apply_interest_items(wire::InterestBatch { items, full: false });
+    }
+
+    /// Takes the link out of service without losing what it carries: the
+    /// caller has stopped routing to it; buffered batches are flushed and the
+    /// streams finished, and the connection closes after a grace period.
+    fn retire(self: &Arc<Self>, reason: &'static str) {
+        for s in &self.streams {
+            s.close();
+        }
+        let link = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RETIRE_GRACE).await;
+            link.quic.close(reason);
+        });
     }
 
     /// Waits until the peer's interest frames up to `version` are applied, so
@@ -458,6 +493,14 @@ impl Cluster {
                         break;
                     }
                     node = Some(quic.peer_key().to_owned());
+                    if self
+                        .link_to(quic.peer_key())
+                        .is_some_and(|l| l.quic.close_reason().is_none())
+                    {
+                        // Linked already (the peer dialed us): keep that link.
+                        quic.close("already linked");
+                        continue;
+                    }
                     // A link refused after the handshake (cluster name, bad
                     // hello) is a failure like any other: back off.
                     self.clone().run_link(quic, true).await
@@ -645,14 +688,16 @@ impl Cluster {
         let rank = |l: &Link| (l.dialed_by_me != (self.node_id < l.node_id), l.nonce);
         if let Some(existing) = by.get(&link.node_id) {
             let stale = existing.quic.close_reason().is_some() || existing.boot_id != link.boot_id;
-            if !stale && rank(existing) <= rank(link) {
+            if stale {
+                existing.quic.close("peer restarted");
+            } else if rank(existing) <= rank(link) {
                 return false;
-            }
-            existing.quic.close(if stale {
-                "peer restarted"
             } else {
-                "duplicate link"
-            });
+                // The peer's interest is the same on both links: keep routing
+                // by it until the peer's full sync arrives on the new one.
+                link.adopt_interest(existing);
+                existing.retire("duplicate link");
+            }
         }
         by.insert(link.node_id.clone(), link.clone());
         *self.links.write() = by.values().cloned().collect();
@@ -764,6 +809,7 @@ async fn control_writer(mut send: FrameSender, mut rx: mpsc::UnboundedReceiver<V
 async fn stream_writer(link: Arc<Link>, index: usize) {
     let out = &link.streams[index];
     let mut sender: Option<FrameSender> = None;
+    let mut bulk_priority = false;
     while let Some(batch) = out.next_batch().await {
         if sender.is_none() {
             match link.quic.open_uni().await {
@@ -772,10 +818,23 @@ async fn stream_writer(link: Arc<Link>, index: usize) {
             }
         }
         if let Some(s) = sender.as_mut() {
+            // A stream busy with bulk data yields to streams carrying small
+            // messages: QUIC sends higher-priority streams' data first, so a
+            // small message does not queue behind megabytes of another
+            // publisher's payloads (order within a stream is unaffected).
+            let bulk = batch.len() >= BULK_BATCH;
+            if bulk != bulk_priority {
+                let _ = s.set_priority(if bulk { -1 } else { 0 });
+                bulk_priority = bulk;
+            }
             if s.send_frame_bytes(batch.freeze()).await.is_err() {
                 return;
             }
         }
+    }
+    // Closed (retired link): end the stream cleanly after the last batch.
+    if let Some(mut s) = sender {
+        let _ = s.finish();
     }
 }
 
