@@ -168,9 +168,14 @@ async fn large_frame_does_not_hold_back_another_stream() {
         let big = vec![0xA5u8; 1024 * 1024];
         let mut bulk = ab.open_uni().await.unwrap();
         let mut small = ab.open_uni().await.unwrap();
-        let sender = tokio::spawn(async move {
+        // One task per stream, as the router runs them: the bulk write waits
+        // for stream credit (the per-stream window is smaller than the frame)
+        // while the small stream goes on.
+        let bulk_sender = tokio::spawn(async move {
             bulk.send_frame(&big).await.unwrap();
             bulk.finish().unwrap();
+        });
+        let sender = tokio::spawn(async move {
             for i in 0..50u32 {
                 small.send_frame(&i.to_be_bytes()).await.unwrap();
             }
@@ -193,6 +198,7 @@ async fn large_frame_does_not_hold_back_another_stream() {
         assert!(frame.iter().all(|&b| b == 0xA5));
         assert!(bulk_in.recv_frame().await.unwrap().is_none());
         sender.await.unwrap();
+        bulk_sender.await.unwrap();
     })
     .await;
 }
