@@ -814,22 +814,6 @@ pub fn deliver_to(
     delivered
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connect_nulls_keep_defaults() {
-        let o =
-            parse_connect(br#"{"verbose":null,"name":null,"lang":"rust","echo":false}"#).unwrap();
-        assert!(o.verbose && o.pedantic && !o.echo);
-        assert_eq!(o.name, "");
-        assert_eq!(o.lang, "rust");
-        assert!(parse_connect(br#"{"name":123}"#).is_err());
-        assert!(parse_connect(br#"{"echo":"yes"}"#).is_err());
-    }
-}
-
 /// A cheap per-thread random index for queue member selection.
 pub fn fastrand(n: usize) -> usize {
     use std::cell::Cell;
@@ -844,4 +828,20 @@ pub fn fastrand(n: usize) -> usize {
         s.set(x);
         (x % n as u64) as usize
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_nulls_keep_defaults() {
+        let o =
+            parse_connect(br#"{"verbose":null,"name":null,"lang":"rust","echo":false}"#).unwrap();
+        assert!(o.verbose && o.pedantic && !o.echo);
+        assert_eq!(o.name, "");
+        assert_eq!(o.lang, "rust");
+        assert!(parse_connect(br#"{"name":123}"#).is_err());
+        assert!(parse_connect(br#"{"echo":"yes"}"#).is_err());
+    }
 }
