@@ -193,8 +193,9 @@ async fn coordinate(
             (LEAD_BYTES / cfg.big_size.max(1)).max(2) as u64
         };
         let stall = cfg.stall;
+        let pace = cfg.big_pace;
         tokio::spawn(async move {
-            let r = big_publisher(big_pub, frame, &big, lead, stall).await;
+            let r = big_publisher(big_pub, frame, &big, lead, stall, pace).await;
             if let Err(e) = &r {
                 big.fail(format!("big publisher: {e}"));
             }
@@ -240,6 +241,7 @@ async fn coordinate(
         big_bytes_per_sec: big_rate * cfg.big_size as f64,
         big_published: published,
         big_lost: published - received,
+        big_rate_limit: cfg.big_pace.map(|p| 1.0 / p.as_secs_f64()),
         small_pub_client_id: small_cid,
         big_pub_client_id: big_cid,
     };
@@ -306,14 +308,23 @@ async fn wait_failure(big: &Big) {
 }
 
 /// Publishes big messages until told to stop, at most `lead` ahead of the
-/// big subscriber, with a PING after each one and one PING in flight.
+/// big subscriber and, if `pace` is given, at most one per `pace`, with a
+/// PING after each one and one PING in flight.
 async fn big_publisher(
     mut conn: Conn,
     frame: Bytes,
     big: &Big,
     lead: u64,
     stall: Duration,
+    pace: Option<Duration>,
 ) -> Result<()> {
+    // A message held back by the lead limit is sent as soon as it may be,
+    // but never in a burst to catch up.
+    let mut pacer = pace.map(|p| {
+        let mut t = tokio::time::interval(p);
+        t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        t
+    });
     let mut pings_out = 0u32;
     let mut last_recv = big.received.load(Ordering::Acquire);
     let mut last_change = Instant::now();
@@ -343,6 +354,22 @@ async fn big_publisher(
                 let _ = timeout(Duration::from_millis(1), notified).await;
             }
             continue;
+        }
+        if let Some(p) = pacer.as_mut() {
+            let tick = p.tick();
+            tokio::pin!(tick);
+            // Wake up now and then to notice `stop` during long pauses.
+            loop {
+                if timeout(Duration::from_millis(50), &mut tick).await.is_ok() {
+                    break;
+                }
+                if big.stop.load(Ordering::Acquire) {
+                    break;
+                }
+            }
+            if big.stop.load(Ordering::Acquire) {
+                break;
+            }
         }
         timeout(stall, conn.stream.write_all(&frame)).await??;
         timeout(stall, conn.stream.write_all(b"PING\r\n")).await??;

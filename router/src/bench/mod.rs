@@ -160,6 +160,13 @@ pub struct MoreArgs {
     #[arg(long, default_value_t = 1000)]
     pub interval_us: u64,
 
+    /// hol: most big messages published per second (0 = no pacing: as fast
+    /// as the big subscriber takes them, within --max-lead). Pacing keeps
+    /// the big traffic below what a slow or lossy link can carry, so what
+    /// delays small messages is sharing the path, not a backlog.
+    #[arg(long, default_value_t = 0.0)]
+    pub big_rate: f64,
+
     /// Unmeasured requests before a reqrep run (default: 1,000, capped at
     /// msgs), or unmeasured small messages before hol's first phase
     /// (default 100).
@@ -214,6 +221,8 @@ pub(crate) struct Config {
     pub threads: usize,
     pub big_size: usize,
     pub interval: Duration,
+    /// hol: time between big messages, if paced.
+    pub big_pace: Option<Duration>,
 }
 
 impl Config {
@@ -270,6 +279,9 @@ impl Config {
         if hol && a.more.interval_us == 0 {
             return Err("--interval-us must be at least 1".into());
         }
+        if !(a.more.big_rate >= 0.0 && a.more.big_rate.is_finite()) {
+            return Err("--big-rate must be a non-negative number of messages per second".into());
+        }
         let pub_server = a
             .more
             .pub_server
@@ -323,6 +335,8 @@ impl Config {
             threads: threads.max(1),
             big_size: a.more.big_size,
             interval: Duration::from_micros(a.more.interval_us),
+            big_pace: (a.more.big_rate > 0.0)
+                .then(|| Duration::from_secs_f64(1.0 / a.more.big_rate)),
         })
     }
 }

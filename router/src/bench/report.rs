@@ -71,6 +71,9 @@ pub struct HolReport {
     /// Big messages published in all, and never delivered.
     pub big_published: u64,
     pub big_lost: u64,
+    /// `--big-rate`: the big publisher's pace limit (messages per second).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub big_rate_limit: Option<f64>,
     /// Servers' `client_id`s of the two publishers (on Tern a publisher's
     /// id picks its message stream on a cluster link).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -162,11 +165,14 @@ impl Report {
                 target
             ));
             s.push_str(&format!(
-                "  big traffic   {} msgs/s  {}  ({} published, {} lost)\n",
+                "  big traffic   {} msgs/s  {}  ({} published, {} lost{})\n",
                 group(h.big_msgs_per_sec),
                 rate(h.big_bytes_per_sec),
                 group(h.big_published as f64),
-                group(h.big_lost as f64)
+                group(h.big_lost as f64),
+                h.big_rate_limit
+                    .map(|r| format!("; paced at {r} msgs/s"))
+                    .unwrap_or_default()
             ));
             for (name, p) in [("small, idle  ", &h.idle), ("small, loaded", &h.loaded)] {
                 s.push_str(&format!(
