@@ -24,6 +24,49 @@ pub fn put_usize(out: &mut BytesMut, mut n: usize) {
     out.put_slice(&tmp[i..]);
 }
 
+/// Appends any message frame: `VERB subject [sid] [reply] [hdr_len] total\r\n`,
+/// then headers and payload and CRLF. The four message verbs differ only in
+/// which of the optional arguments they carry.
+#[inline]
+fn write_frame(
+    out: &mut BytesMut,
+    verb: &[u8],
+    subject: &[u8],
+    sid: Option<&[u8]>,
+    reply: Option<&[u8]>,
+    headers: Option<&[u8]>,
+    payload: &[u8],
+) {
+    let hdr_len = headers.map_or(0, <[u8]>::len);
+    out.reserve(
+        verb.len()
+            + subject.len()
+            + sid.map_or(0, |s| s.len() + 1)
+            + reply.map_or(0, |r| r.len() + 1)
+            + hdr_len
+            + payload.len()
+            + 32,
+    );
+    out.put_slice(verb);
+    out.put_slice(subject);
+    out.put_u8(b' ');
+    for arg in [sid, reply].into_iter().flatten() {
+        out.put_slice(arg);
+        out.put_u8(b' ');
+    }
+    if headers.is_some() {
+        put_usize(out, hdr_len);
+        out.put_u8(b' ');
+    }
+    put_usize(out, hdr_len + payload.len());
+    out.put_slice(b"\r\n");
+    if let Some(h) = headers {
+        out.put_slice(h);
+    }
+    out.put_slice(payload);
+    out.put_slice(b"\r\n");
+}
+
 /// Appends `MSG subject sid [reply] size\r\npayload\r\n`.
 #[inline]
 pub fn write_msg(
@@ -33,20 +76,7 @@ pub fn write_msg(
     reply: Option<&[u8]>,
     payload: &[u8],
 ) {
-    out.reserve(subject.len() + sid.len() + reply.map_or(0, |r| r.len() + 1) + payload.len() + 20);
-    out.put_slice(b"MSG ");
-    out.put_slice(subject);
-    out.put_u8(b' ');
-    out.put_slice(sid);
-    out.put_u8(b' ');
-    if let Some(r) = reply {
-        out.put_slice(r);
-        out.put_u8(b' ');
-    }
-    put_usize(out, payload.len());
-    out.put_slice(b"\r\n");
-    out.put_slice(payload);
-    out.put_slice(b"\r\n");
+    write_frame(out, b"MSG ", subject, Some(sid), reply, None, payload);
 }
 
 /// Appends `HMSG subject sid [reply] hdr_len total_len\r\nheaders payload\r\n`.
@@ -59,45 +89,20 @@ pub fn write_hmsg(
     headers: &[u8],
     payload: &[u8],
 ) {
-    out.reserve(
-        subject.len()
-            + sid.len()
-            + reply.map_or(0, |r| r.len() + 1)
-            + headers.len()
-            + payload.len()
-            + 32,
+    write_frame(
+        out,
+        b"HMSG ",
+        subject,
+        Some(sid),
+        reply,
+        Some(headers),
+        payload,
     );
-    out.put_slice(b"HMSG ");
-    out.put_slice(subject);
-    out.put_u8(b' ');
-    out.put_slice(sid);
-    out.put_u8(b' ');
-    if let Some(r) = reply {
-        out.put_slice(r);
-        out.put_u8(b' ');
-    }
-    put_usize(out, headers.len());
-    out.put_u8(b' ');
-    put_usize(out, headers.len() + payload.len());
-    out.put_slice(b"\r\n");
-    out.put_slice(headers);
-    out.put_slice(payload);
-    out.put_slice(b"\r\n");
 }
 
 /// Appends `PUB subject [reply] size\r\npayload\r\n`.
 pub fn write_pub(out: &mut BytesMut, subject: &[u8], reply: Option<&[u8]>, payload: &[u8]) {
-    out.put_slice(b"PUB ");
-    out.put_slice(subject);
-    out.put_u8(b' ');
-    if let Some(r) = reply {
-        out.put_slice(r);
-        out.put_u8(b' ');
-    }
-    put_usize(out, payload.len());
-    out.put_slice(b"\r\n");
-    out.put_slice(payload);
-    out.put_slice(b"\r\n");
+    write_frame(out, b"PUB ", subject, None, reply, None, payload);
 }
 
 /// Appends `HPUB subject [reply] hdr_len total_len\r\nheaders payload\r\n`.
@@ -108,20 +113,7 @@ pub fn write_hpub(
     headers: &[u8],
     payload: &[u8],
 ) {
-    out.put_slice(b"HPUB ");
-    out.put_slice(subject);
-    out.put_u8(b' ');
-    if let Some(r) = reply {
-        out.put_slice(r);
-        out.put_u8(b' ');
-    }
-    put_usize(out, headers.len());
-    out.put_u8(b' ');
-    put_usize(out, headers.len() + payload.len());
-    out.put_slice(b"\r\n");
-    out.put_slice(headers);
-    out.put_slice(payload);
-    out.put_slice(b"\r\n");
+    write_frame(out, b"HPUB ", subject, None, reply, Some(headers), payload);
 }
 
 /// Appends `-ERR 'text'\r\n`.
