@@ -240,17 +240,20 @@ impl Server {
             }
             d.is_some()
         };
+        let mut deliver = |sub: &SubRef| {
+            count(client::deliver_to(
+                self,
+                0,
+                sub,
+                &msg.subject,
+                reply,
+                headers,
+                &msg.payload,
+            ))
+        };
         if msg.plain {
             for sub in &result.plain {
-                count(client::deliver_to(
-                    self,
-                    0,
-                    sub,
-                    &msg.subject,
-                    reply,
-                    headers,
-                    &msg.payload,
-                ));
+                deliver(sub);
             }
         }
         for q in &msg.queues {
@@ -260,16 +263,7 @@ impl Server {
             let len = members.len();
             let start = client::fastrand(len.max(1));
             for i in 0..len {
-                let sub = &members[(start + i) % len];
-                if count(client::deliver_to(
-                    self,
-                    0,
-                    sub,
-                    &msg.subject,
-                    reply,
-                    headers,
-                    &msg.payload,
-                )) {
+                if deliver(&members[(start + i) % len]) {
                     break;
                 }
             }
