@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Measure a running server (Tern or nats-server), like `nats bench`.
-    Bench(crate::bench::BenchArgs),
+    Bench(tern_bench::BenchArgs),
     /// Print a fresh server nkey seed and its public key.
     Keygen,
 }

@@ -1,7 +1,6 @@
 //! Tern's server core: the subject trie, clients and their subscriptions,
 //! monitoring, and the command line of the `tern` binary.
 
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::Bench(args)) => return router::bench::run(args),
+        Some(Command::Bench(args)) => return tern_bench::run(args),
         Some(Command::Keygen) => {
             let id = peer::ServerIdentity::generate();
             println!("{}\n{}", id.seed(), id.public_key());
