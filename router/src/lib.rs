@@ -1,5 +1,15 @@
-//! Tern's server core: the subject trie, clients and their subscriptions,
-//! monitoring, and the command line of the `tern` binary.
+//! Tern's server core and the `tern` binary.
+//!
+//! Laid out as nats-server is: a room per door over shared core modules.
+//!
+//! - Doors: [`client`] (NATS clients over TCP), [`cluster`] (QUIC links to
+//!   other Tern nodes), [`web`] (HTTP: monitoring); leafnodes and the
+//!   websocket/HTTP gateway will join as their own rooms.
+//! - Core every door shares: [`server`] (connections, shutdown, lame duck),
+//!   [`sublist`] and [`subject`] (the subscription trie and subject rules),
+//!   [`outbound`] (bounded per-connection buffers).
+//! - Process plumbing: [`cli`], [`config`], [`config_file`], [`options`],
+//!   [`logging`].
 
 pub mod cli;
 pub mod client;
@@ -7,9 +17,9 @@ pub mod cluster;
 pub mod config;
 pub mod config_file;
 pub mod logging;
-pub mod monitor;
 pub mod options;
 pub mod outbound;
 pub mod server;
 pub mod subject;
 pub mod sublist;
+pub mod web;

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use router::cli::{normalize_args, Cli, Command};
 use router::options::Options;
 use router::server::{Server, VERSION};
-use router::{logging, monitor};
+use router::logging;
+use router::web::monitor;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(normalize_args(std::env::args_os())) {
