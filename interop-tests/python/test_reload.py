@@ -141,8 +141,10 @@ def test_reload_max_payload(server_factory):
     old.send(b"SUB x 1\r\n")
     assert old.ping_pong() == b"PONG\r\n"
     assert srv.raw().info["max_payload"] == 1024
+    assert srv.varz()["max_payload"] == 1024
     reload(srv, "max_payload: 2048\n")
     assert srv.raw().info["max_payload"] == 2048
+    assert srv.varz()["max_payload"] == 2048
     # Existing connections get the new limit as well.
     payload = b"p" * 1500
     old.send(b"PUB x 1500\r\n" + payload + b"\r\n")
