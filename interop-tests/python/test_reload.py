@@ -312,3 +312,17 @@ def test_signal_flag_without_pid_and_no_process(tmp_path):
                        timeout=10, stdin=subprocess.DEVNULL)
     assert r.returncode == 1, r
     assert "no tq7x processes running" in r.stderr, r
+
+
+@pytest.mark.skipif(not IS_TERN, reason="Tern sizes its QUIC cluster frames for the start-up "
+                    "max_payload; nats-server routes have no such limit")
+def test_reload_cannot_raise_max_payload_on_cluster_node(server_factory):
+    port = harness.free_cluster_port()
+    srv = server_factory(config="max_payload: 1024\n",
+                         args=["--cluster", f"nats://127.0.0.1:{port}"])
+    out = reload(srv, "max_payload: 2048\n", expect=FAILED)
+    line = [ln for ln in out.splitlines() if FAILED in ln][-1]
+    assert "max_payload" in line, line
+    assert srv.raw().info["max_payload"] == 1024
+    reload(srv, "max_payload: 512\n")
+    assert srv.raw().info["max_payload"] == 512

@@ -121,6 +121,14 @@ impl Reloader {
         self.args.apply(&mut new)?;
         new.validate()?;
         check_fixed(&self.configured, &new)?;
+        if server.cluster.get().is_some() && new.max_payload > server.opts.max_payload {
+            // Cluster frames were sized for the start-up max_payload.
+            return Err(format!(
+                "config reload not supported for max_payload above its start-up value on a \
+                 cluster node: old={}, new={}",
+                server.opts.max_payload, new.max_payload
+            ));
+        }
         if new.cluster.enabled() {
             // Refuse bad keys before anything changes.
             peer::tls::PinnedPeers::new(&new.cluster.peers).map_err(|e| e.to_string())?;
