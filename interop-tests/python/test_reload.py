@@ -326,3 +326,12 @@ def test_reload_cannot_raise_max_payload_on_cluster_node(server_factory):
     assert srv.raw().info["max_payload"] == 1024
     reload(srv, "max_payload: 512\n")
     assert srv.raw().info["max_payload"] == 512
+
+
+def test_sigusr1_without_log_file_and_sighup_without_config(server_factory):
+    srv = server_factory()
+    os.kill(srv.pid, signal.SIGUSR1)
+    wait_for(lambda: "File log re-open ignored, not a file logger" in text(srv.log_path), 5,
+             "the log to say there is no log file to reopen")
+    out = reload(srv, expect=FAILED)
+    assert "can only reload config when a file is provided using -c or --config" in out, out

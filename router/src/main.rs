@@ -100,6 +100,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(mut opts: Options, reloader: Reloader) -> ExitCode {
+    // Handlers first: a harness may signal as soon as the ports file exists,
+    // and SIGHUP/SIGUSR1 kill a process that has no handler yet.
+    let signals = Signals::install();
     let identity = match &opts.server_key_file {
         Some(path) => match peer::ServerIdentity::load_or_generate(path) {
             Ok((id, generated)) => {
@@ -181,7 +184,7 @@ async fn run(mut opts: Options, reloader: Reloader) -> ExitCode {
     }
     tracing::info!("Server is ready");
     let accept = tokio::spawn(server.clone().accept_loop(listener));
-    wait_for_signals(&server, reloader).await;
+    wait_for_signals(&server, signals, reloader).await;
     accept.abort();
     if let Some(c) = server.cluster.get() {
         c.shutdown();
@@ -197,17 +200,40 @@ async fn run(mut opts: Options, reloader: Reloader) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The signals the server handles, registered at start-up.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            usr2: signal(SignalKind::user_defined2()).expect("SIGUSR2 handler"),
+            hup: signal(SignalKind::hangup()).expect("SIGHUP handler"),
+            usr1: signal(SignalKind::user_defined1()).expect("SIGUSR1 handler"),
+        }
+    }
+}
+
 /// Handles signals as nats-server does until the server is to stop:
 /// SIGINT/SIGTERM shut down gracefully, SIGUSR2 enters lame-duck mode (the
 /// server exits when it ends), SIGHUP reloads the config file, SIGUSR1
 /// reopens the log file (logrotate).
-async fn wait_for_signals(server: &Arc<Server>, mut reloader: Reloader) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut usr2 = signal(SignalKind::user_defined2()).expect("SIGUSR2 handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    let mut usr1 = signal(SignalKind::user_defined1()).expect("SIGUSR1 handler");
+async fn wait_for_signals(server: &Arc<Server>, signals: Signals, mut reloader: Reloader) {
+    let Signals {
+        mut int,
+        mut term,
+        mut usr2,
+        mut hup,
+        mut usr1,
+    } = signals;
     let (ldm_done_tx, mut ldm_done) = tokio::sync::mpsc::channel::<()>(1);
     let mut in_ldm = false;
     loop {
@@ -241,7 +267,7 @@ async fn wait_for_signals(server: &Arc<Server>, mut reloader: Reloader) {
                 tracing::info!("Trapped \"user defined signal 1\" signal");
                 match logging::reopen(None) {
                     Ok(true) => tracing::info!("File log re-opened"),
-                    Ok(false) => {}
+                    Ok(false) => tracing::info!("File log re-open ignored, not a file logger"),
                     Err(e) => eprintln!("tern: cannot reopen log file: {e}"),
                 }
             }
