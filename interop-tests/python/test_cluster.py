@@ -640,6 +640,14 @@ async def test_reload_routes_and_peers(cluster, tmp_path):
     # Pinned again: node 2's dial loop links again.
     reload(n1, conf(0, None, both))
     await wait_mesh(cluster, [n1, n2])
+    # A route removed by a reload is closed and no longer dialled.
+    reload(n2, conf(1, None, both))
+    await until(lambda: n1.routez()["num_routes"] == 0 and n2.routez()["num_routes"] == 0,
+                15, what="the removed route's link to close")
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        assert n2.routez()["num_routes"] == 0
+        await asyncio.sleep(0.1)
 
 
 # -- randomized: a cluster delivers what one server delivers ------------------
