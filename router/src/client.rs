@@ -558,6 +558,15 @@ impl Session {
                 return false;
             }
         };
+        if !self.connected {
+            // Recorded before the check: a reload that swaps the options
+            // between the two then still finds (and re-checks) them.
+            *self.client.credentials.lock() = Some(Credentials {
+                user: opts.user.clone(),
+                pass: opts.pass.clone(),
+                token: opts.auth_token.clone(),
+            });
+        }
         if !self.connected
             && !self
                 .server
@@ -586,11 +595,6 @@ impl Session {
             .store(opts.protocol >= 1, Ordering::Relaxed);
         self.client.echo.store(opts.echo, Ordering::Relaxed);
         self.client.headers.store(opts.headers, Ordering::Relaxed);
-        *self.client.credentials.lock() = Some(Credentials {
-            user: opts.user.clone(),
-            pass: opts.pass,
-            token: opts.auth_token,
-        });
         {
             let mut meta = self.client.meta.lock();
             meta.name = opts.name;
