@@ -593,6 +593,63 @@ async def test_pinned_peers_refuse_unknown_key(cluster, tmp_path):
     assert not cluster.mesh_problems([n1, n2, n3])
 
 
+@tern_only("pinned peer keys are Tern's; reloading them (SIGHUP) closes links to "
+           "nodes no longer allowed")
+async def test_reload_routes_and_peers(cluster, tmp_path):
+    import os
+    import signal
+    keys = [keygen() for _ in range(2)]
+    seeds = []
+    for i, (seed, _) in enumerate(keys):
+        p = tmp_path / f"k{i + 1}.seed"
+        p.write_text(seed + "\n")
+        seeds.append(p)
+    both = [pub for _, pub in keys]
+
+    def conf(i: int, seed_port: int | None, peers: list[str]) -> str:
+        routes = f'routes: ["nats://127.0.0.1:{seed_port}"]' if seed_port else ""
+        plist = ", ".join(f'"{p}"' for p in peers)
+        return (f'server_key_file: "{seeds[i]}"\n'
+                'cluster {\n  name: trust\n  listen: "127.0.0.1:{cluster_port}"\n'
+                f"  {routes}\n  authorization {{ peers: [{plist}] }}\n}}\n")
+
+    def reload(node, text: str) -> None:
+        before = node.log_text().count("Reloaded server configuration")
+        node.config_path.write_text(text.replace("{cluster_port}", str(node.cluster_port)))
+        os.kill(node.pid, signal.SIGHUP)
+        deadline = time.monotonic() + TIMEOUT
+        while node.log_text().count("Reloaded server configuration") <= before:
+            assert time.monotonic() < deadline, f"no reload; log:\n{node.log_tail()}"
+            time.sleep(0.02)
+
+    n1 = cluster.add(config=conf(0, None, both), flags=False)
+    n2 = cluster.add(config=conf(1, None, both), flags=False)
+    assert n1.routez()["num_routes"] == 0
+    # A route added by a reload is dialled.
+    reload(n2, conf(1, n1.cluster_port, both))
+    await wait_mesh(cluster, [n1, n2])
+    # Unpinning node 2 on node 1 closes their link, and it stays closed
+    # although node 2 keeps dialling its configured route.
+    reload(n1, conf(0, None, both[:1]))
+    await until(lambda: n1.routez()["num_routes"] == 0 and n2.routez()["num_routes"] == 0,
+                15, what="the link to the unpinned node to close")
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        assert n1.routez()["num_routes"] == 0
+        await asyncio.sleep(0.1)
+    # Pinned again: node 2's dial loop links again.
+    reload(n1, conf(0, None, both))
+    await wait_mesh(cluster, [n1, n2])
+    # A route removed by a reload is closed and no longer dialled.
+    reload(n2, conf(1, None, both))
+    await until(lambda: n1.routez()["num_routes"] == 0 and n2.routez()["num_routes"] == 0,
+                15, what="the removed route's link to close")
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        assert n2.routez()["num_routes"] == 0
+        await asyncio.sleep(0.1)
+
+
 # -- randomized: a cluster delivers what one server delivers ------------------
 
 TOKENS = ["a", "b", "c"]

@@ -666,3 +666,76 @@ def test_token_flag_raw(server_factory):
     ok = srv.raw()
     ok.send(b'CONNECT {"verbose":false,"auth_token":"s3cret"}\r\n')
     assert ok.ping_pong() == b"PONG\r\n"
+
+
+# --------------------------------------------------------------------------
+# unknown config keys
+
+@pytest.mark.parametrize("body,pos,key", [
+    ("port: 4999\nmax_paylod: 1MB\n", ":2:1:", "max_paylod"),
+    ("port: 4999\nauthorization { user: a, password: b, foo: 1 }\n", ":2:39:", "foo"),
+], ids=["top-level", "in-authorization"])
+def test_config_test_flag_fails_on_unknown_key(tmp_path, body, pos, key):
+    """nats-server: `unk.conf:2:1: unknown field "max_paylod"`, exit 1."""
+    conf = tmp_path / "unk.conf"
+    conf.write_text(body)
+    r = run(["-c", str(conf), "-t"])
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, r
+    assert f"unk.conf{pos}" in out and key in out, out
+
+
+@pytest.mark.skipif(IS_NATS, reason="nats-server refuses to start on a key it does not know; "
+                    "Tern warns and starts (docs/DIFFERENCES.md)")
+def test_config_unknown_key_warning_names_file_line_col(spawn, tmp_path):
+    conf = tmp_path / "unk.conf"
+    conf.write_text("host: 127.0.0.1\nmax_paylod: 1MB\n")
+    sp = spawn(["-p", "-1", "-c", str(conf)])
+    assert sp.raw().info["max_payload"] == 1024 * 1024  # the default: the key was ignored
+    out = file_text(sp.log_path)
+    assert re.search(r"unk\.conf:2:1: .*max_paylod", out), out
+
+
+# --------------------------------------------------------------------------
+# the example config shipped at the repository root
+
+TERN_CONF = harness.REPO_ROOT / "tern.conf"
+
+
+@pytest.mark.skipif(IS_NATS, reason="tern.conf is Tern's example (it sets server_key_file)")
+def test_example_config_passes_test_flag():
+    r = run(["-t", "-c", str(TERN_CONF)])
+    assert r.returncode == 0, r
+    assert "warning" not in (r.stdout + r.stderr).lower(), r
+
+
+@pytest.mark.skipif(IS_NATS, reason="tern.conf is Tern's example (it sets server_key_file)")
+def test_example_config_starts(spawn):
+    sp = spawn(["-c", str(TERN_CONF), "-a", "127.0.0.1", "-p", "-1", "-m", "-1"])
+    c = sp.raw()
+    quiet_sub(c)
+    c.send(b"PUB x 2\r\nhi\r\n")
+    assert c.ping_pong() == b"MSG x 1 2\r\nhi\r\nPONG\r\n"
+    assert "warning" not in file_text(sp.log_path).lower()
+
+
+# --------------------------------------------------------------------------
+# Tern's own tools and start-up warnings
+
+@pytest.mark.skipif(IS_NATS, reason="`tern keygen` is a Tern subcommand")
+def test_keygen_output_is_labelled():
+    r = run(["keygen"])
+    assert r.returncode == 0, r
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2, r.stdout
+    assert re.fullmatch(r"seed: SN[A-Z2-7]{56}", lines[0]), lines
+    assert re.fullmatch(r"public key: N[A-Z2-7]{55}", lines[1]), lines
+
+
+@pytest.mark.skipif(IS_NATS, reason="warning about Tern's open QUIC cluster (no peers pinned)")
+def test_open_cluster_warned_once(spawn, tmp_path):
+    port = harness.free_cluster_port()
+    sp = spawn(["-a", "127.0.0.1", "-p", "-1", "--cluster", f"nats://127.0.0.1:{port}"])
+    out = wait_for(lambda: (t := file_text(sp.log_path)) and "ready" in t and t, 10, "ready")
+    warnings = [ln for ln in out.splitlines() if re.search(r"(?i)any node", ln)]
+    assert len(warnings) == 1, out

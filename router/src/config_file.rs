@@ -12,17 +12,21 @@ use crate::cli::ServerArgs;
 use crate::config::{parse_file, ConfigError, Map, Value};
 use crate::options::{Options, UserEntry};
 
-/// Loads `-c FILE` (if given) into `opts`.
-pub fn load(args: &ServerArgs, opts: &mut Options) -> Result<(), ConfigError> {
+/// Loads `-c FILE` (if given) into `opts`. Returns a warning per key Tern
+/// ignores, each starting `file:line:col:` (the caller prints them: at start
+/// up they are warnings, for `-t` they fail the test, on reload they are logged).
+pub fn load(args: &ServerArgs, opts: &mut Options) -> Result<Vec<String>, ConfigError> {
     let Some(path) = &args.config else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let map = parse_file(path)?;
     opts.config_file = Some(path.clone());
-    for w in apply(&map, opts)? {
-        eprintln!("tern: warning: {w}");
-    }
-    Ok(())
+    apply(&map, opts)
+}
+
+/// `file:line:col: text` for a key that is ignored.
+fn ignored(pos: &crate::config::Pos, text: String) -> String {
+    ConfigError::at(pos, text).to_string()
 }
 
 fn port_of(v: &Value) -> Result<u16, ConfigError> {
@@ -101,9 +105,9 @@ fn authorization(
                 }
             }
             _ if e.used_as_variable => {}
-            other => warnings.push(format!(
-                "{}:{}: authorization option {other:?} is not supported by Tern and is ignored",
-                e.key_pos.line, e.key_pos.column
+            other => warnings.push(ignored(
+                &e.key_pos,
+                format!("authorization option {other:?} is not supported by Tern and is ignored"),
             )),
         }
     }
@@ -156,17 +160,17 @@ fn cluster(m: &Map, opts: &mut Options, warnings: &mut Vec<String>) -> Result<()
                                 })
                                 .collect::<Result<_, _>>()?;
                         }
-                        other => warnings.push(format!(
-                            "{}:{}: cluster authorization option {other:?} is not supported by Tern (peers are authenticated by their nkeys)",
-                            a.key_pos.line, a.key_pos.column
+                        other => warnings.push(ignored(
+                            &a.key_pos,
+                            format!("cluster authorization option {other:?} is not supported by Tern (peers are authenticated by their nkeys)"),
                         )),
                     }
                 }
             }
             _ if e.used_as_variable => {}
-            other => warnings.push(format!(
-                "{}:{}: cluster option {other:?} is not supported by Tern and is ignored",
-                e.key_pos.line, e.key_pos.column
+            other => warnings.push(ignored(
+                &e.key_pos,
+                format!("cluster option {other:?} is not supported by Tern and is ignored"),
             )),
         }
     }
@@ -233,9 +237,9 @@ pub fn apply(map: &Map, opts: &mut Options) -> Result<Vec<String>, ConfigError> 
             "server_key_file" => opts.server_key_file = Some(v.as_str()?.into()),
             "client_advertise" => opts.client_advertise = Some(v.as_str()?.to_owned()),
             _ if e.used_as_variable => {}
-            other => warnings.push(format!(
-                "{}:{}: option {other:?} is not supported by Tern and is ignored",
-                e.key_pos.line, e.key_pos.column
+            other => warnings.push(ignored(
+                &e.key_pos,
+                format!("option {other:?} is not supported by Tern and is ignored"),
             )),
         }
     }

@@ -9,16 +9,18 @@
 //!   [`sublist`] and [`subject`] (the subscription trie and subject rules),
 //!   [`outbound`] (bounded per-connection buffers).
 //! - Process plumbing: [`cli`], [`config`], [`config_file`], [`options`],
-//!   [`logging`].
+//!   [`logging`], [`reload`] (SIGHUP), [`control`] (`--signal`).
 
 pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod config_file;
+pub mod control;
 pub mod logging;
 pub mod options;
 pub mod outbound;
+pub mod reload;
 pub mod server;
 pub mod subject;
 pub mod sublist;

@@ -1,7 +1,7 @@
 //! The server: accepts connections, owns the subscription trie and the
 //! table of clients, and coordinates shutdown and lame-duck mode.
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -87,7 +87,13 @@ pub struct Traffic {
 
 /// Shared server state.
 pub struct Server {
+    /// The options the server started with. Settings a config reload can
+    /// change are read through [`Server::live`] instead.
     pub opts: Options,
+    /// The current options, replaced as a whole by a config reload (SIGHUP).
+    live: RwLock<Arc<Options>>,
+    /// Bumped by every reload, so a connection notices with one atomic load.
+    live_generation: AtomicU64,
     pub info: InfoBase,
     pub sublist: Sublist<SubRef>,
     /// Set once clustering has started.
@@ -128,6 +134,8 @@ impl Server {
             auth_required: opts.auth.required(),
         };
         Arc::new(Server {
+            live: RwLock::new(Arc::new(opts.clone())),
+            live_generation: AtomicU64::new(0),
             opts,
             info,
             sublist: Sublist::new(),
@@ -147,6 +155,22 @@ impl Server {
         })
     }
 
+    /// The current options: those started with, as changed by config reloads.
+    pub fn live(&self) -> Arc<Options> {
+        self.live.read().clone()
+    }
+
+    /// Changes with every config reload; cheap to poll.
+    pub fn live_generation(&self) -> u64 {
+        self.live_generation.load(Ordering::Acquire)
+    }
+
+    /// Installs reloaded options (see `crate::reload`).
+    pub(crate) fn set_live(&self, opts: Options) {
+        *self.live.write() = Arc::new(opts);
+        self.live_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// A fresh subscription id.
     pub fn next_sub_id(&self) -> u64 {
         self.next_sub.fetch_add(1, Ordering::Relaxed)
@@ -159,7 +183,8 @@ impl Server {
         pass: &Option<String>,
         token: &Option<String>,
     ) -> bool {
-        let auth = &self.opts.auth;
+        let live = self.live();
+        let auth = &live.auth;
         if !auth.required() {
             return true;
         }
@@ -293,8 +318,13 @@ impl Server {
     }
 
     fn render_info(&self, client: &Client, connect_info: bool) -> Vec<u8> {
+        // A reload may have changed what the start-up INFO said.
+        let live = self.live();
+        let mut base = self.info.clone();
+        base.max_payload = live.max_payload;
+        base.auth_required = live.auth.required();
         let info = ClientInfo {
-            base: &self.info,
+            base: &base,
             client_id: client.cid,
             client_ip: client.addr.ip().to_string(),
             ldm: self.lame_duck.load(Ordering::Relaxed),
@@ -369,11 +399,12 @@ impl Server {
             return; // dropping the stream closes it
         }
         let cid = self.next_cid.fetch_add(1, Ordering::Relaxed);
-        let client = Arc::new(Client::new(cid, addr, self.opts.max_pending));
+        let live = self.live();
+        let client = Arc::new(Client::new(cid, addr, live.max_pending));
         client.send_proto(&self.info_line(&client));
         {
             let mut clients = self.clients.lock();
-            let max = self.opts.max_connections;
+            let max = live.max_connections;
             if max > 0 && clients.len() >= max {
                 drop(clients);
                 tracing::error!(%addr, "maximum connections exceeded");
@@ -426,12 +457,12 @@ impl Server {
         {
             c.send_proto(&self.info_line(c));
         }
-        tokio::time::sleep(self.opts.lame_duck_grace_period).await;
+        let live = self.live();
+        tokio::time::sleep(live.lame_duck_grace_period).await;
         let clients: Vec<Arc<Client>> = self.clients.lock().values().cloned().collect();
-        let span = self
-            .opts
+        let span = live
             .lame_duck_duration
-            .saturating_sub(self.opts.lame_duck_grace_period);
+            .saturating_sub(live.lame_duck_grace_period);
         let step = (span / clients.len().max(1) as u32).min(Duration::from_secs(1));
         let last = clients.len().saturating_sub(1);
         for (i, c) in clients.into_iter().enumerate() {

@@ -244,6 +244,8 @@ type Accepted = Result<(quinn::Connection, String), LinkError>;
 /// dials peers, with the same identity and allow-list both ways.
 pub struct QuicEndpoint {
     endpoint: quinn::Endpoint,
+    /// Shared with both TLS configs, so a new allow-list applies to the next handshake.
+    pinned: Arc<PinnedPeers>,
     accepted: Mutex<mpsc::Receiver<Accepted>>,
     acceptor: JoinHandle<()>,
     local_key: String,
@@ -273,9 +275,6 @@ impl QuicEndpoint {
         let pinned = Arc::new(
             PinnedPeers::new(&allowed_peers).map_err(|e| LinkError::Config(e.to_string()))?,
         );
-        if pinned.is_open() {
-            tracing::warn!("cluster allow-list is empty: any node may connect");
-        }
         let transport = Arc::new(transport_config());
 
         let mut server_tls =
@@ -287,7 +286,7 @@ impl QuicEndpoint {
         server.transport_config(transport.clone());
 
         let mut client_tls =
-            tls::client_config(identity, pinned).map_err(|e| LinkError::Config(e.0))?;
+            tls::client_config(identity, pinned.clone()).map_err(|e| LinkError::Config(e.0))?;
         client_tls.alpn_protocols = vec![ALPN.to_vec()];
         let client_crypto =
             QuicClientConfig::try_from(client_tls).map_err(|e| LinkError::Config(e.to_string()))?;
@@ -308,11 +307,25 @@ impl QuicEndpoint {
         let acceptor = tokio::spawn(accept_loop(endpoint.clone(), identity.clone(), tx));
         Ok(QuicEndpoint {
             endpoint,
+            pinned,
             accepted: Mutex::new(rx),
             acceptor,
             local_key: identity.public_key(),
             max_frame: DEFAULT_MAX_FRAME,
         })
+    }
+
+    /// Replaces the allowed peer keys (config reload); an empty list opens the
+    /// cluster. Links already up are not checked here: see [`PinnedPeers::allows`].
+    pub fn set_allowed_peers(&self, allowed_peers: &[String]) -> Result<(), LinkError> {
+        self.pinned
+            .set_allowed(allowed_peers)
+            .map_err(|e| LinkError::Config(e.to_string()))
+    }
+
+    /// Whether a node with this key may link (after the latest allow-list change).
+    pub fn allows_peer(&self, key: &str) -> bool {
+        self.pinned.allows(key)
     }
 
     /// The bound UDP address, e.g. to learn the port after binding port 0.

@@ -67,6 +67,15 @@ pub struct ClientMeta {
     pub user: Option<String>,
 }
 
+/// The credentials a client sent in CONNECT, kept so a config reload can
+/// check them again and close the connection if they no longer pass.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub user: Option<String>,
+    pub pass: Option<String>,
+    pub token: Option<String>,
+}
+
 /// A subscription as the trie stores it.
 pub struct Subscription {
     /// Unique across the server, the trie's key.
@@ -104,6 +113,8 @@ pub struct Client {
     pub async_info: AtomicBool,
     pub subs: Mutex<HashMap<Bytes, SubRef>>,
     pub meta: Mutex<ClientMeta>,
+    /// Set once CONNECT is accepted.
+    pub credentials: Mutex<Option<Credentials>>,
     pub in_msgs: AtomicU64,
     pub in_bytes: AtomicU64,
     /// Unix time in nanoseconds of the last read from this client.
@@ -126,6 +137,7 @@ impl Client {
             async_info: AtomicBool::new(false),
             subs: Mutex::new(HashMap::new()),
             meta: Mutex::new(ClientMeta::default()),
+            credentials: Mutex::new(None),
             in_msgs: AtomicU64::new(0),
             in_bytes: AtomicU64::new(0),
             last_activity: AtomicU64::new(unix_nanos(SystemTime::now())),
@@ -225,6 +237,9 @@ fn parse_connect(json: &[u8]) -> Result<ConnectOpts, String> {
 /// Connection-local state owned by the reader task.
 struct Session {
     server: Arc<Server>,
+    /// The server's live options, refreshed when a reload changes them.
+    cfg: Arc<crate::options::Options>,
+    cfg_generation: u64,
     client: Arc<Client>,
     parser: Parser,
     connected: bool,
@@ -254,7 +269,7 @@ where
     let writer_client = client.clone();
     let writer_server = server.clone();
     let write_task = tokio::spawn(async move {
-        let deadline = writer_server.opts.write_deadline;
+        let deadline = writer_server.live().write_deadline;
         match writer_client.out.run_writer(writer, deadline).await {
             Ok(()) => {}
             Err(WriteFailure::Io) => writer_client.close(CloseReason::WriteError, true),
@@ -265,11 +280,15 @@ where
         }
     });
 
+    let cfg_generation = server.live_generation();
+    let cfg = server.live();
     let mut session = Session {
         parser: Parser::new(Limits {
-            max_control_line: server.opts.max_control_line,
-            max_payload: server.opts.max_payload,
+            max_control_line: cfg.max_control_line,
+            max_payload: cfg.max_payload,
         }),
+        cfg,
+        cfg_generation,
         server: server.clone(),
         client: client.clone(),
         connected: false,
@@ -294,14 +313,12 @@ where
 
 impl Session {
     async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut reader: R) {
-        let opts = &self.server.opts;
-        let auth_deadline = self
-            .server
-            .opts
+        let opts = self.cfg.clone();
+        let auth_deadline = opts
             .auth
             .required()
             .then(|| tokio::time::Instant::now() + opts.auth_timeout);
-        let ping_interval = opts.ping_interval;
+        let mut ping_interval = opts.ping_interval;
         let mut ping_timer =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
         let mut buf = BytesMut::with_capacity(32 * 1024);
@@ -331,19 +348,41 @@ impl Session {
                     return;
                 }
                 _ = ping_timer.tick() => {
+                    self.refresh_cfg();
                     if !self.ping_tick() { return; }
+                    if self.cfg.ping_interval != ping_interval {
+                        // Reloaded: the new interval applies from this tick on.
+                        ping_interval = self.cfg.ping_interval;
+                        ping_timer = tokio::time::interval_at(
+                            tokio::time::Instant::now() + ping_interval,
+                            ping_interval,
+                        );
+                    }
                 }
             }
         }
     }
 
+    /// Picks up options changed by a config reload.
+    fn refresh_cfg(&mut self) {
+        let generation = self.server.live_generation();
+        if generation != self.cfg_generation {
+            self.cfg_generation = generation;
+            self.cfg = self.server.live();
+            self.parser.set_limits(Limits {
+                max_control_line: self.cfg.max_control_line,
+                max_payload: self.cfg.max_payload,
+            });
+        }
+    }
+
     /// Sends a keep-alive PING, or closes a connection that missed too many.
     fn ping_tick(&mut self) -> bool {
-        let interval = self.server.opts.ping_interval;
+        let interval = self.cfg.ping_interval;
         if self.last_in.elapsed() < interval && self.pings_out == 0 {
             return true;
         }
-        if self.pings_out + 1 > self.server.opts.ping_max {
+        if self.pings_out + 1 > self.cfg.ping_max {
             self.client.send_err("Stale Connection");
             self.client.close(CloseReason::StaleConnection, false);
             return false;
@@ -356,6 +395,7 @@ impl Session {
     /// Handles every complete operation in `buf`. Returns false once the
     /// connection must close.
     async fn process(&mut self, buf: &mut BytesMut) -> bool {
+        self.refresh_cfg();
         self.last_in = Instant::now();
         self.stalled = Duration::ZERO;
         self.client
@@ -394,7 +434,7 @@ impl Session {
     }
 
     fn protocol_error(&mut self, e: ProtoError) {
-        if !self.connected && self.server.opts.auth.required() {
+        if !self.connected && self.cfg.auth.required() {
             // nats-server checks authentication before it parses anything else.
             self.auth_violation();
             return;
@@ -425,11 +465,11 @@ impl Session {
 
     /// Handles one operation; false means the connection is closing.
     async fn handle(&mut self, op: Op) -> bool {
-        if !self.connected && self.server.opts.auth.required() && !matches!(op, Op::Connect(_)) {
+        if !self.connected && self.cfg.auth.required() && !matches!(op, Op::Connect(_)) {
             self.auth_violation();
             return false;
         }
-        if self.server.opts.trace {
+        if self.cfg.trace {
             tracing::trace!(cid = self.client.cid, op = op.verb(), "<<-");
         }
         match op {
@@ -518,6 +558,15 @@ impl Session {
                 return false;
             }
         };
+        if !self.connected {
+            // Recorded before the check: a reload that swaps the options
+            // between the two then still finds (and re-checks) them.
+            *self.client.credentials.lock() = Some(Credentials {
+                user: opts.user.clone(),
+                pass: opts.pass.clone(),
+                token: opts.auth_token.clone(),
+            });
+        }
         if !self.connected
             && !self
                 .server
@@ -560,7 +609,7 @@ impl Session {
 
     fn subscribe(&mut self, subject: Bytes, queue: Option<Bytes>, sid: Bytes) {
         let server = &self.server;
-        let max_subs = server.opts.max_subscriptions;
+        let max_subs = self.cfg.max_subscriptions;
         let valid = valid_subscribe_subject(&subject)
             && queue
                 .as_deref()

@@ -8,6 +8,7 @@
 //! each message once cluster-wide: a local member is preferred, otherwise one
 //! node with a member is chosen.
 
+mod reload;
 pub mod wire;
 
 use bytes::Bytes;
@@ -259,6 +260,14 @@ pub struct Cluster {
     local: Mutex<HashMap<(Bytes, Bytes), u32>>,
     /// Cluster URLs with a dial loop running.
     dialing: Mutex<HashSet<String>>,
+    /// The configured routes now (a config reload may change them); a dial
+    /// loop for a route no longer listed ends.
+    routes: Mutex<Vec<String>>,
+    /// The link each configured route's dial loop is running, to close it
+    /// when the route is removed.
+    route_links: Mutex<HashMap<String, QuicLink>>,
+    /// The allowed peer keys now, sorted (a config reload may change them).
+    current_peers: Mutex<Vec<String>>,
     my_cluster_url: String,
     my_client_url: String,
     stopping: AtomicBool,
@@ -294,6 +303,13 @@ impl Cluster {
             by_node: Mutex::new(HashMap::new()),
             local: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashSet::new()),
+            routes: Mutex::new(opts.routes.clone()),
+            route_links: Mutex::new(HashMap::new()),
+            current_peers: Mutex::new({
+                let mut p = opts.peers.clone();
+                p.sort();
+                p
+            }),
             my_cluster_url,
             my_client_url: if opts.no_advertise {
                 String::new()
@@ -308,9 +324,7 @@ impl Cluster {
         tracing::info!("Cluster name is {}", cluster.opts.name);
         tracing::info!("Listening for route connections on {bound} (QUIC)");
         if cluster.opts.peers.is_empty() {
-            tracing::warn!(
-                "cluster has no `authorization {{ peers }}` list: ANY node that reaches {bound} may join"
-            );
+            warn_open(bound);
         }
         tokio::spawn(cluster.clone().accept_loop());
         for route in cluster.opts.routes.clone() {
@@ -478,6 +492,10 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 300)).await;
         }
         while !self.stopping.load(Ordering::Relaxed) {
+            if !implicit && !self.routes.lock().contains(&url) {
+                tracing::debug!("route {url} removed from the configuration, not dialing it");
+                break;
+            }
             if let Some(id) = &node {
                 if self.has_link(id) {
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -503,7 +521,14 @@ impl Cluster {
                     }
                     // A link refused after the handshake (cluster name, bad
                     // hello) is a failure like any other: back off.
-                    self.clone().run_link(quic, true).await
+                    if !implicit {
+                        self.route_links.lock().insert(url.clone(), quic.clone());
+                    }
+                    let result = self.clone().run_link(quic, true).await;
+                    if !implicit {
+                        self.route_links.lock().remove(&url);
+                    }
+                    result
                 }
                 Err(e) => Err(e),
             };
@@ -554,6 +579,11 @@ impl Cluster {
     /// Runs one authenticated link until it ends. Returns the peer's node id.
     async fn run_link(self: Arc<Self>, quic: QuicLink, dialed: bool) -> Result<String, String> {
         let server = self.server.upgrade().ok_or("server gone")?;
+        if !self.endpoint.allows_peer(quic.peer_key()) {
+            // Authenticated before a reload removed it from the allow-list.
+            quic.close("peer not allowed");
+            return Err(format!("peer {} is not allowed", quic.peer_key()));
+        }
         let mut hello = wire::Hello {
             node_id: self.node_id.clone(),
             cluster_name: self.opts.name.clone(),
@@ -868,6 +898,13 @@ async fn stream_reader(server: Arc<Server>, link: Arc<Link>, mut recv: FrameRece
         link.in_msgs.fetch_add(msgs, Ordering::Relaxed);
         link.in_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
+}
+
+/// The one warning for a cluster without pinned peer keys.
+fn warn_open(bound: SocketAddr) {
+    tracing::warn!(
+        "cluster has no `authorization {{ peers }}` list: any node that reaches {bound} may join"
+    );
 }
 
 /// A `host:port` peers can dial for a bound address: the address itself, or

@@ -120,7 +120,9 @@ fn cores() -> usize {
 
 /// The /varz document.
 pub fn varz_value(s: &Server) -> Value {
-    let o = &s.opts;
+    // The current options: a config reload changes limits and auth.
+    let live = s.live();
+    let o = &*live;
     let t = &s.traffic;
     let addr = *s.client_addr.lock();
     let http = *s.http_addr.lock();
