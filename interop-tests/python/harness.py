@@ -340,6 +340,21 @@ class RawConn:
         self.send(b"CONNECT " + json.dumps(o).encode() + b"\r\n")
 
 
+# -- nats-py -------------------------------------------------------------------
+
+async def sync_point(nc, timeout: float = 10.0) -> None:
+    """Round trip through the server on the nats-py connection `nc`:
+    subscribe to a fresh inbox, publish to it, wait for the message.  The
+    server handles one connection's commands in order, so everything `nc`
+    sent before has taken effect when this returns.  (`nc.flush()` is not
+    such a barrier: nats-py writes its PING straight to the socket, ahead of
+    commands still queued in the client.)  Not for no_echo connections."""
+    sub = await nc.subscribe(nc.new_inbox())
+    await nc.publish(sub.subject, b"sync")
+    await sub.next_msg(timeout=timeout)
+    await sub.unsubscribe()
+
+
 # -- clusters ----------------------------------------------------------------
 
 _HANDED_OUT_PORTS: set[int] = set()

@@ -378,7 +378,7 @@ async def test_unsubscribe_propagates(start_cluster, nats_connect):
         before_out = out()
         for i in range(10):
             await pub.publish("unsub.gone", b"x")
-        await pub.flush()  # PONG: node1 has handled the publishes
+        await harness.sync_point(pub)  # node1 has handled the publishes
         assert out() == before_out
     # Auto-unsubscribe (UNSUB sid max) and a closed connection end interest too.
     pub = await nats_connect(n1)
@@ -435,7 +435,9 @@ async def test_failover_to_another_node(start_cluster, nats_connect):
 
     await until(received_after, 20, what="a message published on node1 after node2 died",
                 interval=0.1)
-    assert reconnected.is_set()
+    # nats-py calls reconnected_cb only after a PING round trip that follows
+    # the re-sent SUBs, so messages can arrive before it: wait, bounded.
+    await asyncio.wait_for(reconnected.wait(), TIMEOUT)
     assert c.connected_url.port in (n1.port, n3.port)
 
 

@@ -222,7 +222,7 @@ async def test_sigterm_nats_py_subscriber_gets_all_then_disconnected(server_fact
         got.append(msg.data)
 
     await nc.subscribe("x", cb=on_msg)
-    await nc.flush()
+    await harness.sync_point(nc)  # the SUB is in place before anyone publishes
     pub = srv.raw()
     pub.connect()
     pub.send(b"".join(b"PUB x %d\r\n%d\r\n" % (len(str(i)), i) for i in range(N_MSGS)))
