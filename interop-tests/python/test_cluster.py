@@ -493,13 +493,20 @@ async def test_simultaneous_dial_no_duplicate_links(cluster, nats_connect):
     b = cluster.add(routes=[pa], cluster_port=pb)
     await wait_mesh(cluster, [a, b])
     if IS_TERN:
-        # Let any second dial (a's retransmitted Initial) land and be resolved.
+        # An observation window, not a wait: a second dial (a's retransmitted
+        # Initial) may land late and must be resolved like the first.
         await asyncio.sleep(1.5)
         await wait_mesh(cluster, [a, b])
-        ra, rb = a.routez()["routes"], b.routez()["routes"]
-        assert len(ra) == len(rb) == 1
-        # Both ends kept the same link: one dialed it, the other accepted it.
-        assert ra[0]["did_solicit"] != rb[0]["did_solicit"], (ra, rb)
+
+        def agreed():
+            ra, rb = a.routez()["routes"], b.routez()["routes"]
+            # Both ends kept the same link: one dialed it, the other accepted
+            # it.  Polled: until a late link is registered on both ends, each
+            # may still list a different one.
+            return len(ra) == len(rb) == 1 and ra[0]["did_solicit"] != rb[0]["did_solicit"]
+
+        await until(agreed, what=lambda: "both ends to keep the same single link: "
+                    f"{a.routez()['routes']} / {b.routez()['routes']}")
     ca, cb = await nats_connect(a), await nats_connect(b)
     ra_, rb_ = await Rec.make(ca, "dup.x"), await Rec.make(cb, "dup.x")
     pa_, pb_ = await nats_connect(a), await nats_connect(b)
