@@ -257,10 +257,12 @@ async def test_request_right_after_subscribing(start_cluster, nats_connect):
         for j in range(2000):
             await nc.subscribe(f"busy.{attempt}.{j}")
         try:
-            m = await nc.request("svc.first", f"r{attempt}".encode(), timeout=2)
+            # A reply lost to misordering never comes; a slow one (loaded
+            # machine, 2000 SUBs to propagate first) is fine: wait long.
+            m = await nc.request("svc.first", f"r{attempt}".encode(), timeout=TIMEOUT)
         except nats.errors.TimeoutError:
             pytest.fail(f"attempt {attempt}: request made right after 2000 SUBs on node1, "
-                        f"served on node2, got no reply within 2s")
+                        f"served on node2, got no reply within {TIMEOUT}s")
         assert m.data == f"R{attempt}".encode()
         await nc.close()
 

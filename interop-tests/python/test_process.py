@@ -347,7 +347,9 @@ def test_lame_duck_30s(server_factory):
 def test_lame_duck_short_duration_several_clients(server_factory):
     srv = server_factory(config='lame_duck_duration: "3s"\nlame_duck_grace_period: "1s"\n')
     elapsed = _lame_duck(srv, grace=1, duration=3, n_clients=4)
-    assert 0.9 <= elapsed < 3 + 2, f"clients closed after {elapsed:.2f}s"
+    # Closed after the grace period, over about the 3s duration (not the
+    # default 2 minutes); the upper bound leaves room for a loaded machine.
+    assert 0.9 <= elapsed < 3 + 5, f"clients closed after {elapsed:.2f}s"
 
 
 def test_lame_duck_protocol_0_client_gets_no_info(server_factory):
@@ -368,10 +370,11 @@ def test_lame_duck_no_clients_exits(server_factory):
 
 
 def test_lame_duck_no_clients_skips_grace_period(server_factory):
-    srv = server_factory(config='lame_duck_duration: "30s"\nlame_duck_grace_period: "6s"\n')
+    srv = server_factory(config='lame_duck_duration: "30s"\nlame_duck_grace_period: "20s"\n')
     os.kill(srv.pid, signal.SIGUSR2)
-    # nats-server exits within milliseconds; 3s is far below the 6s grace.
-    assert wait_exit(srv, timeout=3) == 0
+    # nats-server exits within milliseconds; 10s (room for a loaded machine)
+    # is still far below the 20s grace.
+    assert wait_exit(srv, timeout=10) == 0
 
 
 # --------------------------------------------------------------------------
