@@ -298,10 +298,6 @@ def _hold_at_ports_file(tmp_path: Path) -> tuple[subprocess.Popen, list[Path]]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR2],
                          ids=["SIGTERM", "SIGINT", "SIGUSR2"])
-@tern_bug("signal handlers are installed only after the ports file is written "
-          "(router/src/main.rs: wait_for_signals), so a signal sent as soon as the server "
-          "is ready kills it with the default action (exit -15/-2/-12); nats-server "
-          "installs them in NewServer, before any listener")
 def test_signal_once_ports_file_is_written_is_handled(tmp_path, sig):
     """The ports file says the server is ready: a signal from then on gets
     the graceful treatment (no clients: shut down, exit 0)."""

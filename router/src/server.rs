@@ -111,6 +111,9 @@ pub struct Server {
     lame_duck: AtomicBool,
     /// Becomes true when the server stops accepting clients.
     stop_accepting: tokio::sync::watch::Sender<bool>,
+    /// Becomes true once the client listener is closed (new connections are
+    /// refused by the kernel from then on).
+    listener_closed: tokio::sync::watch::Sender<bool>,
     shutting_down: AtomicBool,
 }
 
@@ -151,6 +154,7 @@ impl Server {
             next_sub: AtomicU64::new(1),
             lame_duck: AtomicBool::new(false),
             stop_accepting: tokio::sync::watch::Sender::new(false),
+            listener_closed: tokio::sync::watch::Sender::new(false),
             shutting_down: AtomicBool::new(false),
         })
     }
@@ -373,8 +377,14 @@ impl Server {
         self.lame_duck.load(Ordering::Relaxed)
     }
 
-    /// Accepts clients on `listener` until shutdown.
+    /// Accepts clients on `listener` until shutdown, then closes it.
     pub async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        self.clone().accept_until_stopped(&listener).await;
+        drop(listener);
+        self.listener_closed.send_replace(true);
+    }
+
+    async fn accept_until_stopped(self: Arc<Self>, listener: &TcpListener) {
         let mut stop = self.stop_accepting.subscribe();
         loop {
             if *stop.borrow_and_update() {
@@ -382,7 +392,7 @@ impl Server {
             }
             tokio::select! {
                 _ = stop.changed() => return,
-                res = transport::tcp::accept(&listener) => match res {
+                res = transport::tcp::accept(listener) => match res {
                     Ok((stream, addr)) => self.clone().start_client(stream, addr),
                     Err(e) => {
                         tracing::error!(error = %e, "accept failed");
@@ -444,6 +454,10 @@ impl Server {
         }
         tracing::info!("Entering lame duck mode, stop accepting new clients");
         self.stop_accepting.send_replace(true);
+        // Clients told about lame duck mode must find the port closed, as on
+        // nats-server: wait for the listener to go before announcing it.
+        let mut closed = self.listener_closed.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(2), closed.wait_for(|c| *c)).await;
         let clients: Vec<Arc<Client>> = self.clients.lock().values().cloned().collect();
         if clients.is_empty() {
             // Nobody to warn or drain: shut down at once, as nats-server does.
