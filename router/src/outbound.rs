@@ -112,6 +112,13 @@ impl Outbound {
         self.drained.notified().await
     }
 
+    /// The same signal as [`Outbound::drained`], as a future the caller can
+    /// `enable()` before retrying a push, so a drain that happens between the
+    /// failed push and the wait is not missed.
+    pub fn drained_signal(&self) -> tokio::sync::futures::Notified<'_> {
+        self.drained.notified()
+    }
+
     /// Bytes waiting to be written (for /connz `pending_bytes`).
     pub fn pending_bytes(&self) -> usize {
         self.len.load(Ordering::Relaxed)

@@ -714,6 +714,7 @@ impl Session {
             }
         }
         if let Some(cluster) = &self.cluster {
+            let mut blocked = crate::cluster::Blocked::default();
             delivered |= cluster.forward(
                 me,
                 &subject,
@@ -721,7 +722,14 @@ impl Session {
                 headers.as_ref(),
                 &payload,
                 &served_queues,
+                &mut blocked,
             );
+            if !blocked.is_empty() {
+                // A busy link pushes back: this reader waits (and so does
+                // the client, through TCP) rather than drop the message.
+                let wait = self.server.live().write_deadline;
+                blocked.send(me, wait).await;
+            }
         }
         if !delivered && self.no_responders {
             if let Some(reply) = &reply {

