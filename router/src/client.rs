@@ -5,7 +5,6 @@ use bytes::{Bytes, BytesMut};
 use nats_proto::encode::{write_err, write_hmsg, write_msg};
 use nats_proto::{Limits, Op, Parser, ProtoError};
 use parking_lot::Mutex;
-use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::Notify;
 
+use crate::gojson::{self, Value};
 use crate::outbound::{Outbound, PushError, WriteFailure};
 use crate::server::Server;
 use crate::subject::{valid_publish_subject, valid_subscribe_subject};
@@ -175,9 +175,10 @@ impl Client {
     }
 }
 
-/// CONNECT options, with nats-server's defaults for fields left out.
-#[derive(Debug, Deserialize)]
-#[serde(default)]
+/// CONNECT options, with nats-server's defaults for fields no CONNECT set.
+/// Each CONNECT is decoded over the options the connection already has, as
+/// nats-server does: a field a later CONNECT leaves out keeps its value.
+#[derive(Debug, Clone)]
 struct ConnectOpts {
     verbose: bool,
     pedantic: bool,
@@ -191,6 +192,8 @@ struct ConnectOpts {
     user: Option<String>,
     pass: Option<String>,
     auth_token: Option<String>,
+    account: String,
+    new_account: bool,
 }
 
 impl Default for ConnectOpts {
@@ -208,18 +211,47 @@ impl Default for ConnectOpts {
             user: None,
             pass: None,
             auth_token: None,
+            account: String::new(),
+            new_account: false,
         }
     }
 }
 
-/// Parses CONNECT JSON. A `null` field keeps its default, as in nats-server
-/// (clients such as async-nats send `"name":null`); a wrong type is an error.
-fn parse_connect(json: &[u8]) -> Result<ConnectOpts, String> {
-    let mut value: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-    if let Some(map) = value.as_object_mut() {
-        map.retain(|_, v| !v.is_null());
+impl ConnectOpts {
+    /// Decodes CONNECT JSON over these options with nats-server's rules (see
+    /// [`gojson`]): keys in any case, the last duplicate wins, `null` keeps
+    /// the current value, a wrong type for any known field is an error.
+    fn update(&mut self, json: &[u8]) -> Result<(), String> {
+        for (name, value) in gojson::decode(json, gojson::CONNECT_FIELDS)? {
+            let flag = |v: &Value| matches!(v, Value::Bool(true));
+            let text = |v: Value| match v {
+                Value::Str(s) => s,
+                _ => String::new(),
+            };
+            match name {
+                "verbose" => self.verbose = flag(&value),
+                "pedantic" => self.pedantic = flag(&value),
+                "echo" => self.echo = flag(&value),
+                "headers" => self.headers = flag(&value),
+                "no_responders" => self.no_responders = flag(&value),
+                "new_account" => self.new_account = flag(&value),
+                "protocol" => {
+                    if let Value::Int(n) = value {
+                        self.protocol = n as i64;
+                    }
+                }
+                "name" => self.name = text(value),
+                "lang" => self.lang = text(value),
+                "version" => self.version = text(value),
+                "user" => self.user = Some(text(value)),
+                "pass" => self.pass = Some(text(value)),
+                "auth_token" => self.auth_token = Some(text(value)),
+                "account" => self.account = text(value),
+                _ => {}
+            }
+        }
+        Ok(())
     }
-    serde_json::from_value(value).map_err(|e| e.to_string())
 }
 
 /// Connection-local state owned by the reader task.
@@ -228,6 +260,8 @@ struct Session {
     client: Arc<Client>,
     parser: Parser,
     connected: bool,
+    /// Every CONNECT so far, decoded one over the other.
+    opts: ConnectOpts,
     verbose: bool,
     pedantic: bool,
     no_responders: bool,
@@ -240,6 +274,11 @@ struct Session {
     cluster: Option<Arc<crate::cluster::Cluster>>,
     pings_out: u32,
     last_in: Instant,
+    /// When the ping timer fires next.
+    next_ping: tokio::time::Instant,
+    /// The next PING goes out whatever the client's activity: the first one
+    /// after a CONNECT, as in nats-server.
+    force_ping: bool,
     /// Messages and bytes this read batch delivered, added to server totals per batch.
     out_msgs: u64,
     out_bytes: u64,
@@ -265,14 +304,18 @@ where
         }
     });
 
+    let mut parser = Parser::new(Limits {
+        max_control_line: server.opts.max_control_line,
+        max_payload: server.opts.max_payload,
+    });
+    // HPUB is refused until a CONNECT announces headers.
+    parser.set_hpub_allowed(false);
     let mut session = Session {
-        parser: Parser::new(Limits {
-            max_control_line: server.opts.max_control_line,
-            max_payload: server.opts.max_payload,
-        }),
+        parser,
         server: server.clone(),
         client: client.clone(),
         connected: false,
+        opts: ConnectOpts::default(),
         // nats-server's defaults for a client that has not sent CONNECT.
         verbose: true,
         pedantic: true,
@@ -283,6 +326,9 @@ where
         cluster: server.cluster.get().cloned(),
         pings_out: 0,
         last_in: Instant::now(),
+        // Before CONNECT the first PING waits a full interval.
+        next_ping: tokio::time::Instant::now() + server.opts.ping_interval,
+        force_ping: false,
         out_msgs: 0,
         out_bytes: 0,
     };
@@ -301,9 +347,6 @@ impl Session {
             .auth
             .required()
             .then(|| tokio::time::Instant::now() + opts.auth_timeout);
-        let ping_interval = opts.ping_interval;
-        let mut ping_timer =
-            tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
         let mut buf = BytesMut::with_capacity(32 * 1024);
         loop {
             let want = self.parser.bytes_wanted(buf.len()).max(16 * 1024);
@@ -330,7 +373,8 @@ impl Session {
                     self.client.close(CloseReason::AuthenticationTimeout, false);
                     return;
                 }
-                _ = ping_timer.tick() => {
+                _ = tokio::time::sleep_until(self.next_ping) => {
+                    self.next_ping = tokio::time::Instant::now() + self.server.opts.ping_interval;
                     if !self.ping_tick() { return; }
                 }
             }
@@ -340,7 +384,8 @@ impl Session {
     /// Sends a keep-alive PING, or closes a connection that missed too many.
     fn ping_tick(&mut self) -> bool {
         let interval = self.server.opts.ping_interval;
-        if self.last_in.elapsed() < interval && self.pings_out == 0 {
+        let forced = std::mem::take(&mut self.force_ping);
+        if !forced && self.last_in.elapsed() < interval && self.pings_out == 0 {
             return true;
         }
         if self.pings_out + 1 > self.server.opts.ping_max {
@@ -351,6 +396,18 @@ impl Session {
         self.pings_out += 1;
         self.client.send_proto(b"PING\r\n");
         true
+    }
+
+    /// Schedules the first PING after a CONNECT the way nats-server does: after
+    /// the ping interval or 2 s, whichever is shorter, plus up to a fifth more
+    /// at random, and whatever the client does meanwhile. Clients learn early
+    /// that the server is alive, and the server that the client is.
+    fn schedule_first_ping(&mut self) {
+        const FIRST_CLIENT_PING: Duration = Duration::from_secs(2);
+        let base = self.server.opts.ping_interval.min(FIRST_CLIENT_PING);
+        let jitter = base.mul_f64(rand::random::<f64>() / 5.0);
+        self.next_ping = tokio::time::Instant::now() + base + jitter;
+        self.force_ping = true;
     }
 
     /// Handles every complete operation in `buf`. Returns false once the
@@ -447,13 +504,7 @@ impl Session {
                 headers,
                 payload,
             } => {
-                if !self.client.headers.load(Ordering::Relaxed) {
-                    // nats-server refuses HPUB from a client that did not ask
-                    // for headers, closing without an -ERR.
-                    tracing::debug!(cid = self.client.cid, "HPUB without headers support");
-                    self.client.close(CloseReason::ProtocolViolation, false);
-                    return false;
-                }
+                // (The parser refuses HPUB until CONNECT announces headers.)
                 // An empty header block is delivered as a plain MSG, as nats-server does.
                 let headers = (!headers.is_empty()).then_some(headers);
                 self.publish(subject, reply, headers, payload).await;
@@ -489,7 +540,19 @@ impl Session {
                 true
             }
             Op::Connect(json) => self.connect(&json),
-            Op::Ok | Op::Info(_) => true,
+            Op::Ok => true,
+            Op::Info(json) => {
+                // nats-server decodes a client's INFO (and then ignores it),
+                // closing without an -ERR when that fails.
+                match gojson::decode(&json, gojson::INFO_FIELDS) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::debug!(cid = self.client.cid, error = %e, "bad INFO");
+                        self.client.close(CloseReason::ProtocolViolation, false);
+                        false
+                    }
+                }
+            }
             Op::Err(_) => {
                 // nats-server closes a client that sends -ERR, without answering.
                 self.client.close(CloseReason::ProtocolViolation, false);
@@ -503,25 +566,27 @@ impl Session {
         }
     }
 
+    /// Handles CONNECT, the first or a later one: nats-server checks every
+    /// one in full (credentials included) over the options already given,
+    /// and a later one drops the client's subscriptions.
     fn connect(&mut self, json: &[u8]) -> bool {
-        let is_object = json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-        let parsed = if is_object {
-            parse_connect(json)
-        } else {
-            Err("CONNECT argument is not a JSON object".to_owned())
-        };
-        let opts = match parsed {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::debug!(cid = self.client.cid, error = %e, "bad CONNECT");
-                self.client.close(CloseReason::ProtocolViolation, false);
-                return false;
-            }
-        };
-        if !self.connected
-            && !self
-                .server
-                .authenticate(&opts.user, &opts.pass, &opts.auth_token)
+        let mut opts = self.opts.clone();
+        if let Err(e) = opts.update(json) {
+            tracing::debug!(cid = self.client.cid, error = %e, "bad CONNECT");
+            self.client.close(CloseReason::ProtocolViolation, false);
+            return false;
+        }
+        self.schedule_first_ping();
+        if self.connected {
+            // nats-server drops them because a CONNECT may switch accounts.
+            self.cleanup();
+        }
+        if !self
+            .server
+            .authenticate(&opts.user, &opts.pass, &opts.auth_token)
+            // Naming an account in CONNECT is refused, as in nats-server.
+            || opts.new_account
+            || !opts.account.is_empty()
         {
             self.auth_violation();
             return false;
@@ -546,13 +611,15 @@ impl Session {
             .store(opts.protocol >= 1, Ordering::Relaxed);
         self.client.echo.store(opts.echo, Ordering::Relaxed);
         self.client.headers.store(opts.headers, Ordering::Relaxed);
+        self.parser.set_hpub_allowed(opts.headers);
         {
             let mut meta = self.client.meta.lock();
-            meta.name = opts.name;
-            meta.lang = opts.lang;
-            meta.version = opts.version;
-            meta.user = opts.user;
+            meta.name = opts.name.clone();
+            meta.lang = opts.lang.clone();
+            meta.version = opts.version.clone();
+            meta.user = opts.user.clone();
         }
+        self.opts = opts;
         self.connected = true;
         self.ok();
         true
@@ -834,6 +901,11 @@ pub fn fastrand(n: usize) -> usize {
 mod tests {
     use super::*;
 
+    fn parse_connect(json: &[u8]) -> Result<ConnectOpts, String> {
+        let mut o = ConnectOpts::default();
+        o.update(json).map(|()| o)
+    }
+
     #[test]
     fn connect_nulls_keep_defaults() {
         let o =
@@ -843,5 +915,17 @@ mod tests {
         assert_eq!(o.lang, "rust");
         assert!(parse_connect(br#"{"name":123}"#).is_err());
         assert!(parse_connect(br#"{"echo":"yes"}"#).is_err());
+    }
+
+    #[test]
+    fn connect_decodes_over_earlier_options() {
+        let mut o =
+            parse_connect(br#"{"USER":"a","Pass":"b","verbose":false,"headers":true}"#).unwrap();
+        o.update(br#"{"echo":false,"headers":null}"#).unwrap();
+        assert_eq!(o.user.as_deref(), Some("a"));
+        assert_eq!(o.pass.as_deref(), Some("b"));
+        assert!(!o.verbose && o.headers && !o.echo);
+        o.update(b"null").unwrap();
+        assert!(o.headers);
     }
 }

@@ -7,6 +7,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod config_file;
+pub mod gojson;
 pub mod logging;
 pub mod monitor;
 pub mod options;
