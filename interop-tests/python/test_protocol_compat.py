@@ -230,6 +230,29 @@ def test_no_early_ping_before_connect(server_factory):
     read_ping(c, timeout=6)
 
 
+def test_pongs_alone_do_not_delay_pings(server_factory):
+    # Only messages, SUB/UNSUB and PING count as client activity that lets
+    # the server skip a PING; answering PINGs with PONG does not.
+    srv = server_factory(config='ping_interval: "3s"\n')
+    c = srv.raw()
+    c.send(QUIET)
+    read_ping(c, timeout=6)
+    c.send(b"PONG\r\n")
+    # The next one a ping_interval later (it would be two if the PONG counted).
+    read_ping(c, timeout=5)
+
+
+def test_later_connect_does_not_force_a_ping_on_an_active_client(server_factory):
+    # Once a PING has gone out, a new CONNECT restarts the short first-ping
+    # timer, but an active client is then not pinged.
+    srv = server_factory(config='ping_interval: "60s"\n')
+    c = srv.raw()
+    c.send(QUIET)
+    read_ping(c, timeout=6)
+    c.send(b"PONG\r\nSUB foo 1\r\n" + QUIET)
+    assert c.read_for(3.5) == (b"", False)
+
+
 # --- 4. INFO from a client --------------------------------------------------
 
 @pytest.mark.parametrize("line", [
