@@ -273,12 +273,15 @@ struct Session {
     /// The cluster, if this node is in one (started before clients are accepted).
     cluster: Option<Arc<crate::cluster::Cluster>>,
     pings_out: u32,
-    last_in: Instant,
+    /// When the client last showed activity that makes a PING unnecessary:
+    /// a message, SUB, UNSUB or PING (not CONNECT or PONG), as in nats-server.
+    last_active: Option<Instant>,
     /// When the ping timer fires next.
     next_ping: tokio::time::Instant,
-    /// The next PING goes out whatever the client's activity: the first one
-    /// after a CONNECT, as in nats-server.
-    force_ping: bool,
+    /// When this connection last sent a PING. nats-server sends one whatever
+    /// the client's activity when it has sent none for an hour (it measures
+    /// the round-trip time with it), so the first one always goes out.
+    last_ping_sent: Option<Instant>,
     /// Messages and bytes this read batch delivered, added to server totals per batch.
     out_msgs: u64,
     out_bytes: u64,
@@ -325,10 +328,10 @@ where
         stalled: Duration::ZERO,
         cluster: server.cluster.get().cloned(),
         pings_out: 0,
-        last_in: Instant::now(),
+        last_active: None,
         // Before CONNECT the first PING waits a full interval.
         next_ping: tokio::time::Instant::now() + server.opts.ping_interval,
-        force_ping: false,
+        last_ping_sent: None,
         out_msgs: 0,
         out_bytes: 0,
     };
@@ -383,9 +386,12 @@ impl Session {
 
     /// Sends a keep-alive PING, or closes a connection that missed too many.
     fn ping_tick(&mut self) -> bool {
+        const RTT_INTERVAL: Duration = Duration::from_secs(3600);
         let interval = self.server.opts.ping_interval;
-        let forced = std::mem::take(&mut self.force_ping);
-        if !forced && self.last_in.elapsed() < interval && self.pings_out == 0 {
+        let need_rtt = self
+            .last_ping_sent
+            .is_none_or(|t| t.elapsed() > RTT_INTERVAL);
+        if !need_rtt && self.last_active.is_some_and(|t| t.elapsed() < interval) {
             return true;
         }
         if self.pings_out + 1 > self.server.opts.ping_max {
@@ -394,26 +400,26 @@ impl Session {
             return false;
         }
         self.pings_out += 1;
+        self.last_ping_sent = Some(Instant::now());
         self.client.send_proto(b"PING\r\n");
         true
     }
 
-    /// Schedules the first PING after a CONNECT the way nats-server does: after
-    /// the ping interval or 2 s, whichever is shorter, plus up to a fifth more
-    /// at random, and whatever the client does meanwhile. Clients learn early
-    /// that the server is alive, and the server that the client is.
+    /// Restarts the ping timer after a CONNECT the way nats-server does: it
+    /// fires after the ping interval or 2 s, whichever is shorter, plus up to
+    /// a fifth more at random. The first PING of a connection is never skipped
+    /// (see `last_ping_sent`), so clients learn early that the server is alive
+    /// and the server that the client is.
     fn schedule_first_ping(&mut self) {
         const FIRST_CLIENT_PING: Duration = Duration::from_secs(2);
         let base = self.server.opts.ping_interval.min(FIRST_CLIENT_PING);
         let jitter = base.mul_f64(rand::random::<f64>() / 5.0);
         self.next_ping = tokio::time::Instant::now() + base + jitter;
-        self.force_ping = true;
     }
 
     /// Handles every complete operation in `buf`. Returns false once the
     /// connection must close.
     async fn process(&mut self, buf: &mut BytesMut) -> bool {
-        self.last_in = Instant::now();
         self.stalled = Duration::ZERO;
         self.client
             .last_activity
@@ -423,6 +429,16 @@ impl Session {
         let ok = loop {
             match self.parser.parse(buf) {
                 Ok(Some(op)) => {
+                    if matches!(
+                        op,
+                        Op::Pub { .. }
+                            | Op::HPub { .. }
+                            | Op::Sub { .. }
+                            | Op::Unsub { .. }
+                            | Op::Ping
+                    ) {
+                        self.last_active = Some(Instant::now());
+                    }
                     if let Op::Pub { payload, .. } | Op::HPub { payload, .. } = &op {
                         in_msgs += 1;
                         in_bytes += payload.len() as u64;
