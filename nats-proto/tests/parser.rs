@@ -506,3 +506,75 @@ fn payload_terminator_checked_byte_by_byte() {
     assert_eq!(parse_all(limits, b"PUB a 2\r\nab\r"), Ok(vec![]));
     assert_eq!(parse_all(limits, b"PUB a 2\r\nab"), Ok(vec![]));
 }
+
+/// Feeds `chunks` one after another; returns the operations and then either
+/// the bytes left unconsumed or the error that stopped the parse.
+fn outcome(limits: Limits, chunks: &[&[u8]]) -> (Vec<Op>, Result<Vec<u8>, ProtoError>) {
+    let mut parser = Parser::new(limits);
+    let mut buf = BytesMut::new();
+    let mut ops = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        loop {
+            match parser.parse(&mut buf) {
+                Ok(Some(op)) => ops.push(op),
+                Ok(None) => break,
+                Err(e) => return (ops, Err(e)),
+            }
+        }
+    }
+    (ops, Ok(buf.to_vec()))
+}
+
+/// Streams built from protocol fragments, so that they reach payloads,
+/// terminators, prefix verbs and limits far more often than random bytes.
+fn protocol_soup() -> impl Strategy<Value = Vec<u8>> {
+    let pieces: &[&[u8]] = &[
+        b"PUB ",
+        b"HPUB ",
+        b"SUB ",
+        b"MSG ",
+        b"HMSG ",
+        b"UNSUB ",
+        b"INFO",
+        b"CONNECT",
+        b"PING",
+        b"+OK",
+        b"-ERR ",
+        b"a ",
+        b"1 ",
+        b"2 ",
+        b"12 ",
+        b"0",
+        b"\r",
+        b"\n",
+        b"\r\n",
+        b"x",
+        b"{}",
+        b" ",
+        b"\t",
+        b"NATS/1.0\r\n\r\n",
+    ];
+    prop::collection::vec(prop::sample::select(pieces), 0..24).prop_map(|v| v.concat())
+}
+
+proptest! {
+    // The fuzz target's split invariant, on protocol-shaped input: where a
+    // stream is cut (or fed byte by byte) never changes what comes out, the
+    // early payload-terminator check included.
+    #[test]
+    fn protocol_soup_parses_the_same_however_split(data in protocol_soup(),
+                                                   cut in any::<usize>(),
+                                                   small in any::<bool>()) {
+        let limits = if small {
+            Limits { max_control_line: 8, max_payload: 12 }
+        } else {
+            Limits::default()
+        };
+        let whole = outcome(limits, &[&data]);
+        let (head, tail) = data.split_at(cut % (data.len() + 1));
+        prop_assert_eq!(&outcome(limits, &[head, tail]), &whole);
+        let bytes: Vec<&[u8]> = data.chunks(1).collect();
+        prop_assert_eq!(&outcome(limits, &bytes), &whole);
+    }
+}
