@@ -7,7 +7,8 @@
 //!   websocket/HTTP gateway will join as their own rooms.
 //! - Core every door shares: [`server`] (connections, shutdown, lame duck),
 //!   [`sublist`] and [`subject`] (the subscription trie and subject rules),
-//!   [`outbound`] (bounded per-connection buffers).
+//!   [`outbound`] (bounded per-connection buffers), [`gojson`] (CONNECT and
+//!   INFO JSON read the way nats-server's Go decoder reads it).
 //! - Process plumbing: [`cli`], [`config`], [`config_file`], [`options`],
 //!   [`logging`], [`reload`] (SIGHUP), [`control`] (`--signal`).
 
@@ -17,6 +18,7 @@ pub mod cluster;
 pub mod config;
 pub mod config_file;
 pub mod control;
+pub mod gojson;
 pub mod logging;
 pub mod options;
 pub mod outbound;

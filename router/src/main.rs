@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use router::cli::{normalize_args, Cli, Command};
+use router::logging;
 use router::options::Options;
 use router::reload::Reloader;
 use router::server::{Server, VERSION};
-use router::logging;
 use router::web::monitor;
 
 fn main() -> ExitCode {

@@ -5,7 +5,6 @@ use bytes::{Bytes, BytesMut};
 use nats_proto::encode::{write_err, write_hmsg, write_msg};
 use nats_proto::{Limits, Op, Parser, ProtoError};
 use parking_lot::Mutex;
-use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::Notify;
 
+use crate::gojson::{self, Value};
 use crate::outbound::{Outbound, PushError, WriteFailure};
 use crate::server::Server;
 use crate::subject::{valid_publish_subject, valid_subscribe_subject};
@@ -187,9 +187,10 @@ impl Client {
     }
 }
 
-/// CONNECT options, with nats-server's defaults for fields left out.
-#[derive(Debug, Deserialize)]
-#[serde(default)]
+/// CONNECT options, with nats-server's defaults for fields no CONNECT set.
+/// Each CONNECT is decoded over the options the connection already has, as
+/// nats-server does: a field a later CONNECT leaves out keeps its value.
+#[derive(Debug, Clone)]
 struct ConnectOpts {
     verbose: bool,
     pedantic: bool,
@@ -203,6 +204,8 @@ struct ConnectOpts {
     user: Option<String>,
     pass: Option<String>,
     auth_token: Option<String>,
+    account: String,
+    new_account: bool,
 }
 
 impl Default for ConnectOpts {
@@ -220,18 +223,47 @@ impl Default for ConnectOpts {
             user: None,
             pass: None,
             auth_token: None,
+            account: String::new(),
+            new_account: false,
         }
     }
 }
 
-/// Parses CONNECT JSON. A `null` field keeps its default, as in nats-server
-/// (clients such as async-nats send `"name":null`); a wrong type is an error.
-fn parse_connect(json: &[u8]) -> Result<ConnectOpts, String> {
-    let mut value: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-    if let Some(map) = value.as_object_mut() {
-        map.retain(|_, v| !v.is_null());
+impl ConnectOpts {
+    /// Decodes CONNECT JSON over these options with nats-server's rules (see
+    /// [`gojson`]): keys in any case, the last duplicate wins, `null` keeps
+    /// the current value, a wrong type for any known field is an error.
+    fn update(&mut self, json: &[u8]) -> Result<(), String> {
+        for (name, value) in gojson::decode(json, gojson::CONNECT_FIELDS)? {
+            let flag = |v: &Value| matches!(v, Value::Bool(true));
+            let text = |v: Value| match v {
+                Value::Str(s) => s,
+                _ => String::new(),
+            };
+            match name {
+                "verbose" => self.verbose = flag(&value),
+                "pedantic" => self.pedantic = flag(&value),
+                "echo" => self.echo = flag(&value),
+                "headers" => self.headers = flag(&value),
+                "no_responders" => self.no_responders = flag(&value),
+                "new_account" => self.new_account = flag(&value),
+                "protocol" => {
+                    if let Value::Int(n) = value {
+                        self.protocol = n as i64;
+                    }
+                }
+                "name" => self.name = text(value),
+                "lang" => self.lang = text(value),
+                "version" => self.version = text(value),
+                "user" => self.user = Some(text(value)),
+                "pass" => self.pass = Some(text(value)),
+                "auth_token" => self.auth_token = Some(text(value)),
+                "account" => self.account = text(value),
+                _ => {}
+            }
+        }
+        Ok(())
     }
-    serde_json::from_value(value).map_err(|e| e.to_string())
 }
 
 /// Connection-local state owned by the reader task.
@@ -243,6 +275,8 @@ struct Session {
     client: Arc<Client>,
     parser: Parser,
     connected: bool,
+    /// Every CONNECT so far, decoded one over the other.
+    opts: ConnectOpts,
     verbose: bool,
     pedantic: bool,
     no_responders: bool,
@@ -254,7 +288,15 @@ struct Session {
     /// The cluster, if this node is in one (started before clients are accepted).
     cluster: Option<Arc<crate::cluster::Cluster>>,
     pings_out: u32,
-    last_in: Instant,
+    /// When the client last showed activity that makes a PING unnecessary:
+    /// a message, SUB, UNSUB or PING (not CONNECT or PONG), as in nats-server.
+    last_active: Option<Instant>,
+    /// When the ping timer fires next.
+    next_ping: tokio::time::Instant,
+    /// When this connection last sent a PING. nats-server sends one whatever
+    /// the client's activity when it has sent none for an hour (it measures
+    /// the round-trip time with it), so the first one always goes out.
+    last_ping_sent: Option<Instant>,
     /// Messages and bytes this read batch delivered, added to server totals per batch.
     out_msgs: u64,
     out_bytes: u64,
@@ -282,16 +324,21 @@ where
 
     let cfg_generation = server.live_generation();
     let cfg = server.live();
+    let mut parser = Parser::new(Limits {
+        max_control_line: cfg.max_control_line,
+        max_payload: cfg.max_payload,
+    });
+    // HPUB is refused until a CONNECT announces headers.
+    parser.set_hpub_allowed(false);
+    let first_ping = tokio::time::Instant::now() + cfg.ping_interval;
     let mut session = Session {
-        parser: Parser::new(Limits {
-            max_control_line: cfg.max_control_line,
-            max_payload: cfg.max_payload,
-        }),
+        parser,
         cfg,
         cfg_generation,
         server: server.clone(),
         client: client.clone(),
         connected: false,
+        opts: ConnectOpts::default(),
         // nats-server's defaults for a client that has not sent CONNECT.
         verbose: true,
         pedantic: true,
@@ -301,7 +348,10 @@ where
         stalled: Duration::ZERO,
         cluster: server.cluster.get().cloned(),
         pings_out: 0,
-        last_in: Instant::now(),
+        last_active: None,
+        // Before CONNECT the first PING waits a full interval.
+        next_ping: first_ping,
+        last_ping_sent: None,
         out_msgs: 0,
         out_bytes: 0,
     };
@@ -318,9 +368,6 @@ impl Session {
             .auth
             .required()
             .then(|| tokio::time::Instant::now() + opts.auth_timeout);
-        let mut ping_interval = opts.ping_interval;
-        let mut ping_timer =
-            tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
         let mut buf = BytesMut::with_capacity(32 * 1024);
         loop {
             let want = self.parser.bytes_wanted(buf.len()).max(16 * 1024);
@@ -347,17 +394,11 @@ impl Session {
                     self.client.close(CloseReason::AuthenticationTimeout, false);
                     return;
                 }
-                _ = ping_timer.tick() => {
+                _ = tokio::time::sleep_until(self.next_ping) => {
                     self.refresh_cfg();
+                    self.next_ping = tokio::time::Instant::now() + self.cfg.ping_interval;
+                    // A reloaded interval applies from this tick on.
                     if !self.ping_tick() { return; }
-                    if self.cfg.ping_interval != ping_interval {
-                        // Reloaded: the new interval applies from this tick on.
-                        ping_interval = self.cfg.ping_interval;
-                        ping_timer = tokio::time::interval_at(
-                            tokio::time::Instant::now() + ping_interval,
-                            ping_interval,
-                        );
-                    }
                 }
             }
         }
@@ -378,8 +419,12 @@ impl Session {
 
     /// Sends a keep-alive PING, or closes a connection that missed too many.
     fn ping_tick(&mut self) -> bool {
+        const RTT_INTERVAL: Duration = Duration::from_secs(3600);
         let interval = self.cfg.ping_interval;
-        if self.last_in.elapsed() < interval && self.pings_out == 0 {
+        let need_rtt = self
+            .last_ping_sent
+            .is_none_or(|t| t.elapsed() > RTT_INTERVAL);
+        if !need_rtt && self.last_active.is_some_and(|t| t.elapsed() < interval) {
             return true;
         }
         if self.pings_out + 1 > self.cfg.ping_max {
@@ -388,15 +433,27 @@ impl Session {
             return false;
         }
         self.pings_out += 1;
+        self.last_ping_sent = Some(Instant::now());
         self.client.send_proto(b"PING\r\n");
         true
+    }
+
+    /// Restarts the ping timer after a CONNECT the way nats-server does: it
+    /// fires after the ping interval or 2 s, whichever is shorter, plus up to
+    /// a fifth more at random. The first PING of a connection is never skipped
+    /// (see `last_ping_sent`), so clients learn early that the server is alive
+    /// and the server that the client is.
+    fn schedule_first_ping(&mut self) {
+        const FIRST_CLIENT_PING: Duration = Duration::from_secs(2);
+        let base = self.cfg.ping_interval.min(FIRST_CLIENT_PING);
+        let jitter = base.mul_f64(rand::random::<f64>() / 5.0);
+        self.next_ping = tokio::time::Instant::now() + base + jitter;
     }
 
     /// Handles every complete operation in `buf`. Returns false once the
     /// connection must close.
     async fn process(&mut self, buf: &mut BytesMut) -> bool {
         self.refresh_cfg();
-        self.last_in = Instant::now();
         self.stalled = Duration::ZERO;
         self.client
             .last_activity
@@ -406,6 +463,16 @@ impl Session {
         let ok = loop {
             match self.parser.parse(buf) {
                 Ok(Some(op)) => {
+                    if matches!(
+                        op,
+                        Op::Pub { .. }
+                            | Op::HPub { .. }
+                            | Op::Sub { .. }
+                            | Op::Unsub { .. }
+                            | Op::Ping
+                    ) {
+                        self.last_active = Some(Instant::now());
+                    }
                     if let Op::Pub { payload, .. } | Op::HPub { payload, .. } = &op {
                         in_msgs += 1;
                         in_bytes += payload.len() as u64;
@@ -487,13 +554,7 @@ impl Session {
                 headers,
                 payload,
             } => {
-                if !self.client.headers.load(Ordering::Relaxed) {
-                    // nats-server refuses HPUB from a client that did not ask
-                    // for headers, closing without an -ERR.
-                    tracing::debug!(cid = self.client.cid, "HPUB without headers support");
-                    self.client.close(CloseReason::ProtocolViolation, false);
-                    return false;
-                }
+                // (The parser refuses HPUB until CONNECT announces headers.)
                 // An empty header block is delivered as a plain MSG, as nats-server does.
                 let headers = (!headers.is_empty()).then_some(headers);
                 self.publish(subject, reply, headers, payload).await;
@@ -529,7 +590,19 @@ impl Session {
                 true
             }
             Op::Connect(json) => self.connect(&json),
-            Op::Ok | Op::Info(_) => true,
+            Op::Ok => true,
+            Op::Info(json) => {
+                // nats-server decodes a client's INFO (and then ignores it),
+                // closing without an -ERR when that fails.
+                match gojson::decode(&json, gojson::INFO_FIELDS) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::debug!(cid = self.client.cid, error = %e, "bad INFO");
+                        self.client.close(CloseReason::ProtocolViolation, false);
+                        false
+                    }
+                }
+            }
             Op::Err(_) => {
                 // nats-server closes a client that sends -ERR, without answering.
                 self.client.close(CloseReason::ProtocolViolation, false);
@@ -543,34 +616,34 @@ impl Session {
         }
     }
 
+    /// Handles CONNECT, the first or a later one: nats-server checks every
+    /// one in full (credentials included) over the options already given,
+    /// and a later one drops the client's subscriptions.
     fn connect(&mut self, json: &[u8]) -> bool {
-        let is_object = json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-        let parsed = if is_object {
-            parse_connect(json)
-        } else {
-            Err("CONNECT argument is not a JSON object".to_owned())
-        };
-        let opts = match parsed {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::debug!(cid = self.client.cid, error = %e, "bad CONNECT");
-                self.client.close(CloseReason::ProtocolViolation, false);
-                return false;
-            }
-        };
-        if !self.connected {
-            // Recorded before the check: a reload that swaps the options
-            // between the two then still finds (and re-checks) them.
-            *self.client.credentials.lock() = Some(Credentials {
-                user: opts.user.clone(),
-                pass: opts.pass.clone(),
-                token: opts.auth_token.clone(),
-            });
+        let mut opts = self.opts.clone();
+        if let Err(e) = opts.update(json) {
+            tracing::debug!(cid = self.client.cid, error = %e, "bad CONNECT");
+            self.client.close(CloseReason::ProtocolViolation, false);
+            return false;
         }
-        if !self.connected
-            && !self
-                .server
-                .authenticate(&opts.user, &opts.pass, &opts.auth_token)
+        self.schedule_first_ping();
+        if self.connected {
+            // nats-server drops them because a CONNECT may switch accounts.
+            self.cleanup();
+        }
+        // Recorded before the check: a reload that swaps the options between
+        // the two then still finds (and re-checks) them.
+        *self.client.credentials.lock() = Some(Credentials {
+            user: opts.user.clone(),
+            pass: opts.pass.clone(),
+            token: opts.auth_token.clone(),
+        });
+        if !self
+            .server
+            .authenticate(&opts.user, &opts.pass, &opts.auth_token)
+            // Naming an account in CONNECT is refused, as in nats-server.
+            || opts.new_account
+            || !opts.account.is_empty()
         {
             self.auth_violation();
             return false;
@@ -595,13 +668,15 @@ impl Session {
             .store(opts.protocol >= 1, Ordering::Relaxed);
         self.client.echo.store(opts.echo, Ordering::Relaxed);
         self.client.headers.store(opts.headers, Ordering::Relaxed);
+        self.parser.set_hpub_allowed(opts.headers);
         {
             let mut meta = self.client.meta.lock();
-            meta.name = opts.name;
-            meta.lang = opts.lang;
-            meta.version = opts.version;
-            meta.user = opts.user;
+            meta.name = opts.name.clone();
+            meta.lang = opts.lang.clone();
+            meta.version = opts.version.clone();
+            meta.user = opts.user.clone();
         }
+        self.opts = opts;
         self.connected = true;
         self.ok();
         true
@@ -891,6 +966,11 @@ pub fn fastrand(n: usize) -> usize {
 mod tests {
     use super::*;
 
+    fn parse_connect(json: &[u8]) -> Result<ConnectOpts, String> {
+        let mut o = ConnectOpts::default();
+        o.update(json).map(|()| o)
+    }
+
     #[test]
     fn connect_nulls_keep_defaults() {
         let o =
@@ -900,5 +980,17 @@ mod tests {
         assert_eq!(o.lang, "rust");
         assert!(parse_connect(br#"{"name":123}"#).is_err());
         assert!(parse_connect(br#"{"echo":"yes"}"#).is_err());
+    }
+
+    #[test]
+    fn connect_decodes_over_earlier_options() {
+        let mut o =
+            parse_connect(br#"{"USER":"a","Pass":"b","verbose":false,"headers":true}"#).unwrap();
+        o.update(br#"{"echo":false,"headers":null}"#).unwrap();
+        assert_eq!(o.user.as_deref(), Some("a"));
+        assert_eq!(o.pass.as_deref(), Some("b"));
+        assert!(!o.verbose && o.headers && !o.echo);
+        o.update(b"null").unwrap();
+        assert!(o.headers);
     }
 }
