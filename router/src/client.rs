@@ -166,12 +166,12 @@ impl Client {
 
     /// Queues a protocol line (not counted as a message).
     pub fn send_proto(&self, bytes: &[u8]) {
-        let _ = self.out.push(false, |b| b.extend_from_slice(bytes));
+        let _ = self.out.push(None, |b| b.extend_from_slice(bytes));
     }
 
     /// Queues `-ERR 'text'`.
     pub fn send_err(&self, text: &str) {
-        let _ = self.out.push(false, |b| write_err(b, text));
+        let _ = self.out.push(None, |b| write_err(b, text));
     }
 }
 
@@ -744,10 +744,9 @@ impl Session {
             hdr.extend_from_slice(b"NATS/1.0 503\r\nNats-Subject: ");
             hdr.extend_from_slice(subject);
             hdr.extend_from_slice(b"\r\n\r\n");
-            let _ = self
-                .client
-                .out
-                .push(true, |b| write_hmsg(b, reply, &sub.sid, None, &hdr, b""));
+            let _ = self.client.out.push(Some(hdr.len() as u64), |b| {
+                write_hmsg(b, reply, &sub.sid, None, &hdr, b"")
+            });
         }
     }
 
@@ -767,7 +766,7 @@ fn unix_nanos(t: SystemTime) -> u64 {
 
 /// Writes one message into a subscriber's buffer, for local publishers and
 /// for messages arriving over cluster links alike (`publisher` 0). Returns the
-/// bytes delivered, or `None` if the subscription did not take it (echo off,
+/// message's size for the server totals (payload and headers), or `None` if the subscription did not take it (echo off,
 /// auto-unsubscribe limit reached). A subscriber whose buffer overflows is
 /// closed as a slow consumer.
 #[inline]
@@ -790,8 +789,12 @@ pub fn deliver_to(
         return None;
     }
     let hdrs = headers.filter(|_| target.headers.load(Ordering::Relaxed));
-    let size = payload.len() + hdrs.map_or(0, |h| h.len());
-    let res = target.out.push(true, |b| match hdrs {
+    // nats-server counts what the connection receives (headers stripped for a
+    // client without header support) in its /connz totals, but the message
+    // as published (headers included) in the server-wide /varz totals.
+    let sent = payload.len() + hdrs.map_or(0, |h| h.len());
+    let size = payload.len() + headers.map_or(0, |h| h.len());
+    let res = target.out.push(Some(sent as u64), |b| match hdrs {
         Some(h) => write_hmsg(b, subject, &sub.sid, reply, h, payload),
         None => write_msg(b, subject, &sub.sid, reply, payload),
     });

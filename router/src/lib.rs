@@ -9,6 +9,7 @@ pub mod config;
 pub mod config_file;
 pub mod logging;
 pub mod monitor;
+pub mod monitor_http;
 pub mod options;
 pub mod outbound;
 pub mod server;

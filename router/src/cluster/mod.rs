@@ -195,7 +195,7 @@ impl Link {
     fn send_msg(&self, publisher: u64, msg: &RoutedMsg) {
         let stream = &self.streams[publisher as usize % self.streams.len()];
         let size = msg.payload.len() + msg.headers.as_ref().map_or(0, |h| h.len());
-        match stream.push(true, |b| wire::append_to_batch(b, msg)) {
+        match stream.push(Some(size as u64), |b| wire::append_to_batch(b, msg)) {
             Ok(()) => {
                 self.out_msgs.fetch_add(1, Ordering::Relaxed);
                 self.out_bytes.fetch_add(size as u64, Ordering::Relaxed);
