@@ -665,7 +665,7 @@ impl Session {
             }
         }
         if let Some(cluster) = &self.cluster {
-            delivered |= cluster.forward(
+            let fwd = cluster.forward(
                 me,
                 &subject,
                 reply.as_ref(),
@@ -673,6 +673,9 @@ impl Session {
                 &payload,
                 &served_queues,
             );
+            delivered |= fwd.any;
+            self.out_msgs += fwd.msgs;
+            self.out_bytes += fwd.bytes;
         }
         if !delivered && self.no_responders {
             if let Some(reply) = &reply {

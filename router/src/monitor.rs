@@ -555,25 +555,25 @@ pub fn metrics_text(s: &Server) -> String {
         (
             "tern_in_msgs_total",
             "counter",
-            "Messages received from clients.",
+            "Messages received from clients and cluster links.",
             t.in_msgs.load(Ordering::Relaxed),
         ),
         (
             "tern_out_msgs_total",
             "counter",
-            "Messages delivered to clients.",
+            "Messages delivered to clients and cluster links.",
             t.out_msgs.load(Ordering::Relaxed),
         ),
         (
             "tern_in_bytes_total",
             "counter",
-            "Payload bytes received from clients.",
+            "Payload and header bytes received from clients and cluster links.",
             t.in_bytes.load(Ordering::Relaxed),
         ),
         (
             "tern_out_bytes_total",
             "counter",
-            "Payload bytes delivered to clients.",
+            "Payload and header bytes delivered to clients and cluster links.",
             t.out_bytes.load(Ordering::Relaxed),
         ),
         (

@@ -192,18 +192,21 @@ impl Link {
         }
     }
 
-    fn send_msg(&self, publisher: u64, msg: &RoutedMsg) {
+    /// Queues `msg` for the peer; its size (payload and headers) if queued.
+    fn send_msg(&self, publisher: u64, msg: &RoutedMsg) -> Option<u64> {
         let stream = &self.streams[publisher as usize % self.streams.len()];
         let size = msg.payload.len() + msg.headers.as_ref().map_or(0, |h| h.len());
         match stream.push(Some(size as u64), |b| wire::append_to_batch(b, msg)) {
             Ok(()) => {
                 self.out_msgs.fetch_add(1, Ordering::Relaxed);
                 self.out_bytes.fetch_add(size as u64, Ordering::Relaxed);
+                Some(size as u64)
             }
             Err(PushError::SlowConsumer) | Err(PushError::Closed) => {
                 if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
                     tracing::warn!(peer = %self.node_id, "cluster link is behind, dropping messages");
                 }
+                None
             }
         }
     }
@@ -383,7 +386,9 @@ impl Cluster {
 
     /// Sends a locally published message to every peer with matching interest.
     /// `local_queues` are the queue groups already served on this node.
-    /// Returns whether any peer was sent the message.
+    /// Returns whether any peer was sent the message, and what was queued
+    /// (the server totals count messages sent to peers, as nats-server's
+    /// /varz counts messages sent on routes).
     pub fn forward(
         &self,
         publisher: u64,
@@ -392,12 +397,12 @@ impl Cluster {
         headers: Option<&Bytes>,
         payload: &Bytes,
         local_queues: &[Bytes],
-    ) -> bool {
+    ) -> Forwarded {
+        let mut forwarded = Forwarded::default();
         let links = self.links.read();
         if links.is_empty() {
-            return false;
+            return forwarded;
         }
-        let mut forwarded = false;
         let n = links.len();
         let start = crate::client::fastrand(n);
         let mut served: Vec<Bytes> = Vec::new();
@@ -422,8 +427,11 @@ impl Cluster {
                     queues,
                     interest_version: link.interest_sent.load(Ordering::Acquire),
                 };
-                link.send_msg(publisher, &msg);
-                forwarded = true;
+                if let Some(size) = link.send_msg(publisher, &msg) {
+                    forwarded.msgs += 1;
+                    forwarded.bytes += size;
+                }
+                forwarded.any = true;
             }
         }
         forwarded
@@ -437,7 +445,14 @@ impl Cluster {
         self.by_node.lock().get(node_id).cloned()
     }
 
+    /// Accepts peers' QUIC connections. A refused handshake concerns only
+    /// that peer, so there is nothing to back off from (QUIC connections do
+    /// not take file descriptors), but a flood of them must not flood the
+    /// log: the first is logged, then at most one summary per 10 s.
     async fn accept_loop(self: Arc<Self>) {
+        const LOG_INTERVAL: Duration = Duration::from_secs(10);
+        let mut last_log: Option<std::time::Instant> = None;
+        let mut suppressed = 0u64;
         while let Some(res) = self.endpoint.accept().await {
             match res {
                 Ok(quic) => {
@@ -446,7 +461,18 @@ impl Cluster {
                         let _ = me.run_link(quic, false).await;
                     });
                 }
-                Err(e) => tracing::warn!("cluster link refused: {e}"),
+                Err(e) => match last_log {
+                    Some(t) if t.elapsed() < LOG_INTERVAL => suppressed += 1,
+                    _ => {
+                        if suppressed > 0 {
+                            tracing::warn!(repeated = suppressed, "cluster link refused: {e}");
+                        } else {
+                            tracing::warn!("cluster link refused: {e}");
+                        }
+                        last_log = Some(std::time::Instant::now());
+                        suppressed = 0;
+                    }
+                },
             }
         }
     }
@@ -867,7 +893,19 @@ async fn stream_reader(server: Arc<Server>, link: Arc<Link>, mut recv: FrameRece
         }
         link.in_msgs.fetch_add(msgs, Ordering::Relaxed);
         link.in_bytes.fetch_add(bytes, Ordering::Relaxed);
+        // nats-server's /varz counts messages received on routes as input.
+        server.add_traffic(msgs, bytes, 0, 0);
     }
+}
+
+/// What [`Cluster::forward`] did with one message.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Forwarded {
+    /// A peer had interest (even if its link dropped the message).
+    pub any: bool,
+    /// Copies queued on links, and their payload-and-header bytes.
+    pub msgs: u64,
+    pub bytes: u64,
 }
 
 /// A `host:port` peers can dial for a bound address: the address itself, or
