@@ -85,8 +85,10 @@ class Server:
 
     def __init__(self, binary: str, workdir: Path, config: str | None = None,
                  extra_args: list[str] | None = None, monitor: bool = True,
-                 name: str = "srv"):
+                 name: str = "srv", nofile: int | None = None):
         self.binary = binary
+        # RLIMIT_NOFILE (soft and hard) for the process (descriptor-exhaustion tests).
+        self.nofile = nofile
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -126,7 +128,7 @@ class Server:
         log.flush()
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL,
-                                     preexec_fn=_die_with_parent, cwd=self.workdir)
+                                     preexec_fn=self._preexec, cwd=self.workdir)
         log.close()
         _LIVE[self.proc.pid] = self.proc
         try:
@@ -140,6 +142,13 @@ class Server:
             self.stop()
             raise
         return self
+
+    def _preexec(self) -> None:
+        _die_with_parent()
+        if self.nofile is not None:
+            import resource
+            # Hard limit too: Go programs raise their soft limit to the hard one.
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def _wait_ports(self, ports_dir: Path, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -218,6 +218,30 @@ async def test_wildcards_across_nodes(start_cluster, nats_connect):
         assert all(s.encode() == p for s, p in r.msgs)
 
 
+async def test_varz_counts_cluster_traffic(start_cluster, nats_connect):
+    # nats-server's /varz totals include messages sent to and received from
+    # routes: a message published on node 1 for a subscriber on node 2 is
+    # out on node 1 and in (and out again) on node 2.
+    n1, n2 = await start_cluster(2)
+    pub = await nats_connect(n1)
+    c2 = await nats_connect(n2)
+    rec = await Rec.make(c2, "vz.count")
+    await fence([c2], [pub])
+    v1, v2 = n1.varz(), n2.varz()
+    n, size = 20, 100
+    for i in range(n):
+        await pub.publish("vz.count", b"%0100d" % i)
+    await fence([c2], [pub], [rec])
+    assert len(rec.msgs) == n
+    w1, w2 = n1.varz(), n2.varz()
+    # Fence markers add a little on top; the workload must be there.
+    assert w1["out_msgs"] - v1["out_msgs"] >= n, (v1, w1)
+    assert w1["out_bytes"] - v1["out_bytes"] >= n * size, (v1, w1)
+    assert w2["in_msgs"] - v2["in_msgs"] >= n, (v2, w2)
+    assert w2["in_bytes"] - v2["in_bytes"] >= n * size, (v2, w2)
+    assert w2["out_msgs"] - v2["out_msgs"] >= n, (v2, w2)
+
+
 async def test_request_reply_across_nodes(start_cluster, nats_connect):
     n1, n2, n3 = await start_cluster(3)
     c2 = await nats_connect(n2)

@@ -72,6 +72,8 @@ pub struct ClosedClient {
     pub in_bytes: u64,
     pub out_msgs: u64,
     pub out_bytes: u64,
+    /// Bytes still queued for it when it closed (dropped, for a slow consumer).
+    pub pending_bytes: usize,
 }
 
 /// Server-wide message totals.
@@ -364,6 +366,7 @@ impl Server {
             in_bytes: client.in_bytes.load(Ordering::Relaxed),
             out_msgs: totals.msgs,
             out_bytes: totals.bytes,
+            pending_bytes: client.out.pending_at_close(),
         };
         let mut ring = self.closed.lock();
         if ring.len() >= CLOSED_RING {
@@ -386,6 +389,7 @@ impl Server {
 
     async fn accept_until_stopped(self: Arc<Self>, listener: &TcpListener) {
         let mut stop = self.stop_accepting.subscribe();
+        let mut backoff = transport::tcp::AcceptBackoff::new("client");
         loop {
             if *stop.borrow_and_update() {
                 return;
@@ -393,12 +397,13 @@ impl Server {
             tokio::select! {
                 _ = stop.changed() => return,
                 res = transport::tcp::accept(listener) => match res {
-                    Ok((stream, addr)) => self.clone().start_client(stream, addr),
-                    Err(e) => {
-                        tracing::error!(error = %e, "accept failed");
-                        // Out of descriptors: back off instead of spinning.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok((stream, addr)) => {
+                        backoff.succeeded();
+                        self.clone().start_client(stream, addr);
                     }
+                    // Out of descriptors: back off instead of spinning, and
+                    // keep the log readable.
+                    Err(e) => backoff.failed(&e).await,
                 }
             }
         }

@@ -178,12 +178,12 @@ impl Client {
 
     /// Queues a protocol line (not counted as a message).
     pub fn send_proto(&self, bytes: &[u8]) {
-        let _ = self.out.push(false, |b| b.extend_from_slice(bytes));
+        let _ = self.out.push(None, |b| b.extend_from_slice(bytes));
     }
 
     /// Queues `-ERR 'text'`.
     pub fn send_err(&self, text: &str) {
-        let _ = self.out.push(false, |b| write_err(b, text));
+        let _ = self.out.push(None, |b| write_err(b, text));
     }
 }
 
@@ -790,7 +790,7 @@ impl Session {
         }
         if let Some(cluster) = &self.cluster {
             let mut blocked = crate::cluster::Blocked::default();
-            delivered |= cluster.forward(
+            let fwd = cluster.forward(
                 me,
                 &subject,
                 reply.as_ref(),
@@ -799,11 +799,16 @@ impl Session {
                 &served_queues,
                 &mut blocked,
             );
+            delivered |= fwd.any;
+            self.out_msgs += fwd.msgs;
+            self.out_bytes += fwd.bytes;
             if !blocked.is_empty() {
                 // A busy link pushes back: this reader waits (and so does
                 // the client, through TCP) rather than drop the message.
                 let wait = self.server.live().write_deadline;
-                blocked.send(me, wait).await;
+                let (msgs, bytes) = blocked.send(me, wait).await;
+                self.out_msgs += msgs;
+                self.out_bytes += bytes;
             }
         }
         if !delivered && self.no_responders {
@@ -876,10 +881,9 @@ impl Session {
             hdr.extend_from_slice(b"NATS/1.0 503\r\nNats-Subject: ");
             hdr.extend_from_slice(subject);
             hdr.extend_from_slice(b"\r\n\r\n");
-            let _ = self
-                .client
-                .out
-                .push(true, |b| write_hmsg(b, reply, &sub.sid, None, &hdr, b""));
+            let _ = self.client.out.push(Some(hdr.len() as u64), |b| {
+                write_hmsg(b, reply, &sub.sid, None, &hdr, b"")
+            });
         }
     }
 
@@ -899,7 +903,7 @@ fn unix_nanos(t: SystemTime) -> u64 {
 
 /// Writes one message into a subscriber's buffer, for local publishers and
 /// for messages arriving over cluster links alike (`publisher` 0). Returns the
-/// bytes delivered, or `None` if the subscription did not take it (echo off,
+/// message's size for the server totals (payload and headers), or `None` if the subscription did not take it (echo off,
 /// auto-unsubscribe limit reached). A subscriber whose buffer overflows is
 /// closed as a slow consumer.
 #[inline]
@@ -922,8 +926,12 @@ pub fn deliver_to(
         return None;
     }
     let hdrs = headers.filter(|_| target.headers.load(Ordering::Relaxed));
-    let size = payload.len() + hdrs.map_or(0, |h| h.len());
-    let res = target.out.push(true, |b| match hdrs {
+    // nats-server counts what the connection receives (headers stripped for a
+    // client without header support) in its /connz totals, but the message
+    // as published (headers included) in the server-wide /varz totals.
+    let sent = payload.len() + hdrs.map_or(0, |h| h.len());
+    let size = payload.len() + headers.map_or(0, |h| h.len());
+    let res = target.out.push(Some(sent as u64), |b| match hdrs {
         Some(h) => write_hmsg(b, subject, &sub.sid, reply, h, payload),
         None => write_msg(b, subject, &sub.sid, reply, payload),
     });

@@ -199,15 +199,15 @@ impl Link {
 
     /// Queues a message on the publisher's stream without waiting.
     fn send_msg(&self, publisher: u64, msg: &RoutedMsg) -> SendStatus {
-        let size = msg.payload.len() + msg.headers.as_ref().map_or(0, |h| h.len());
+        let size = (msg.payload.len() + msg.headers.as_ref().map_or(0, |h| h.len())) as u64;
         match self
             .stream_for(publisher)
-            .push(true, |b| wire::append_to_batch(b, msg))
+            .push(Some(size), |b| wire::append_to_batch(b, msg))
         {
             Ok(()) => {
                 self.out_msgs.fetch_add(1, Ordering::Relaxed);
-                self.out_bytes.fetch_add(size as u64, Ordering::Relaxed);
-                SendStatus::Sent
+                self.out_bytes.fetch_add(size, Ordering::Relaxed);
+                SendStatus::Sent(size)
             }
             Err(PushError::SlowConsumer) => SendStatus::Full,
             Err(PushError::Closed) => {
@@ -222,7 +222,8 @@ impl Link {
     /// the client) instead of dropping, as a TCP route does on nats-server.
     /// Only a link that takes nothing for `wait` (the write deadline) loses
     /// the message, and is closed as a slow consumer; a closed link drops it.
-    async fn send_waiting(&self, publisher: u64, msg: &RoutedMsg, wait: Duration) {
+    /// Returns the bytes queued, `None` if the message was dropped.
+    async fn send_waiting(&self, publisher: u64, msg: &RoutedMsg, wait: Duration) -> Option<u64> {
         let deadline = tokio::time::Instant::now() + wait;
         let stream = self.stream_for(publisher);
         loop {
@@ -230,12 +231,13 @@ impl Link {
             tokio::pin!(drained);
             drained.as_mut().enable();
             match self.send_msg(publisher, msg) {
-                SendStatus::Sent | SendStatus::Closed => return,
+                SendStatus::Sent(size) => return Some(size),
+                SendStatus::Closed => return None,
                 SendStatus::Full => {}
             }
             if self.quic.close_reason().is_some() {
                 self.count_dropped("link closed");
-                return;
+                return None;
             }
             if tokio::time::timeout_at(deadline, drained).await.is_err() {
                 tracing::error!(
@@ -244,7 +246,7 @@ impl Link {
                 );
                 self.count_dropped("slow link");
                 self.quic.close("slow consumer: write deadline exceeded");
-                return;
+                return None;
             }
         }
     }
@@ -291,7 +293,8 @@ impl Link {
 
 /// What became of a message handed to a link.
 enum SendStatus {
-    Sent,
+    /// Queued; its payload-and-header bytes.
+    Sent(u64),
     /// The stream is at its limit: wait for it to drain (`Link::send_waiting`).
     Full,
     /// The link is closing; the message was dropped and counted.
@@ -310,11 +313,16 @@ impl Blocked {
     }
 
     /// Hands every message over once its link has room, waiting at most the
-    /// write deadline `wait` per link.
-    pub async fn send(self, publisher: u64, wait: Duration) {
+    /// write deadline `wait` per link. Returns the messages and bytes queued.
+    pub async fn send(self, publisher: u64, wait: Duration) -> (u64, u64) {
+        let (mut msgs, mut bytes) = (0, 0);
         for (link, msg) in self.0 {
-            link.send_waiting(publisher, &msg, wait).await;
+            if let Some(size) = link.send_waiting(publisher, &msg, wait).await {
+                msgs += 1;
+                bytes += size;
+            }
         }
+        (msgs, bytes)
     }
 }
 
@@ -472,8 +480,10 @@ impl Cluster {
 
     /// Sends a locally published message to every peer with matching interest.
     /// `local_queues` are the queue groups already served on this node.
-    /// Returns whether any peer was sent the message; messages for links
-    /// that are full land in `blocked`, which the publisher must then
+    /// Returns whether any peer was sent the message, and what was queued
+    /// (the server totals count messages sent to peers, as nats-server's
+    /// /varz counts messages sent on routes). Messages for links that are
+    /// full land in `blocked`, which the publisher must then
     /// [`Blocked::send`] before it reads on.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
@@ -485,12 +495,12 @@ impl Cluster {
         payload: &Bytes,
         local_queues: &[Bytes],
         blocked: &mut Blocked,
-    ) -> bool {
+    ) -> Forwarded {
+        let mut forwarded = Forwarded::default();
         let links = self.links.read();
         if links.is_empty() {
-            return false;
+            return forwarded;
         }
-        let mut forwarded = false;
         let n = links.len();
         let start = crate::client::fastrand(n);
         let mut served: Vec<Bytes> = Vec::new();
@@ -515,10 +525,15 @@ impl Cluster {
                     queues,
                     interest_version: link.interest_sent.load(Ordering::Acquire),
                 };
-                if let SendStatus::Full = link.send_msg(publisher, &msg) {
-                    blocked.0.push((link.clone(), msg));
+                match link.send_msg(publisher, &msg) {
+                    SendStatus::Sent(size) => {
+                        forwarded.msgs += 1;
+                        forwarded.bytes += size;
+                    }
+                    SendStatus::Full => blocked.0.push((link.clone(), msg)),
+                    SendStatus::Closed => {}
                 }
-                forwarded = true;
+                forwarded.any = true;
             }
         }
         forwarded
@@ -532,7 +547,14 @@ impl Cluster {
         self.by_node.lock().get(node_id).cloned()
     }
 
+    /// Accepts peers' QUIC connections. A refused handshake concerns only
+    /// that peer, so there is nothing to back off from (QUIC connections do
+    /// not take file descriptors), but a flood of them must not flood the
+    /// log: the first is logged, then at most one summary per 10 s.
     async fn accept_loop(self: Arc<Self>) {
+        const LOG_INTERVAL: Duration = Duration::from_secs(10);
+        let mut last_log: Option<std::time::Instant> = None;
+        let mut suppressed = 0u64;
         while let Some(res) = self.endpoint.accept().await {
             match res {
                 Ok(quic) => {
@@ -541,7 +563,18 @@ impl Cluster {
                         let _ = me.run_link(quic, false).await;
                     });
                 }
-                Err(e) => tracing::warn!("cluster link refused: {e}"),
+                Err(e) => match last_log {
+                    Some(t) if t.elapsed() < LOG_INTERVAL => suppressed += 1,
+                    _ => {
+                        if suppressed > 0 {
+                            tracing::warn!(repeated = suppressed, "cluster link refused: {e}");
+                        } else {
+                            tracing::warn!("cluster link refused: {e}");
+                        }
+                        last_log = Some(std::time::Instant::now());
+                        suppressed = 0;
+                    }
+                },
             }
         }
     }
@@ -978,6 +1011,8 @@ async fn stream_reader(server: Arc<Server>, link: Arc<Link>, mut recv: FrameRece
         }
         link.in_msgs.fetch_add(msgs, Ordering::Relaxed);
         link.in_bytes.fetch_add(bytes, Ordering::Relaxed);
+        // nats-server's /varz counts messages received on routes as input.
+        server.add_traffic(msgs, bytes, 0, 0);
     }
 }
 
@@ -986,6 +1021,16 @@ fn warn_open(bound: SocketAddr) {
     tracing::warn!(
         "cluster has no `authorization {{ peers }}` list: any node that reaches {bound} may join"
     );
+}
+
+/// What [`Cluster::forward`] did with one message.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Forwarded {
+    /// A peer had interest (even if its link dropped the message).
+    pub any: bool,
+    /// Copies queued on links, and their payload-and-header bytes.
+    pub msgs: u64,
+    pub bytes: u64,
 }
 
 /// A `host:port` peers can dial for a bound address: the address itself, or

@@ -2,3 +2,4 @@
 //! HTTP gateway and the console join it here, over the same router core.
 
 pub mod monitor;
+pub mod monitor_http;
