@@ -136,3 +136,97 @@ async def test_burst_across_link_loses_nothing(cluster, size):
         assert all(r.get("dropped_msgs", 0) == 0 for r in routes), routes
     sub.close()
     pub.close()
+
+
+class Sequence:
+    """Publishes 0, 1, 2, ... on `subject` from one connection at about
+    `rate` per second until stopped; a subscriber records what arrives."""
+
+    def __init__(self, pub_nc, subject: str, rate: int):
+        self.nc, self.subject, self.rate = pub_nc, subject, rate
+        self.sent = 0
+        self.stopped = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    async def _run(self):
+        batch = max(1, self.rate // 100)
+        while not self.stopped.is_set():
+            for _ in range(batch):
+                await self.nc.publish(self.subject, str(self.sent).encode())
+                self.sent += 1
+            await asyncio.sleep(0.01)
+
+    def start(self):
+        self.task = asyncio.ensure_future(self._run())
+
+    async def stop(self):
+        self.stopped.set()
+        await self.task
+        await self.nc.flush()
+
+
+async def sync_sub(sub_nc, pub_nc, subject: str):
+    """A recording subscription whose interest is known at the publisher's node."""
+    got: list[int] = []
+
+    async def cb(msg):
+        try:
+            got.append(int(msg.data))
+        except ValueError:
+            pass  # a fence marker
+
+    await sub_nc.subscribe(subject, cb=cb)
+    deadline = time.monotonic() + 15
+    while not got or got[-1] != -1:
+        if time.monotonic() > deadline:
+            raise AssertionError("the subscription never became known at the publisher's node")
+        await pub_nc.publish(subject, b"-1")
+        await asyncio.sleep(0.05)
+    got.clear()
+    return got
+
+
+@tern_only("node keys and their conflicts are Tern's")
+async def test_second_process_with_same_key_is_refused(cluster, nats_connect):
+    """A copied seed: the impostor is refused with one clear error on both
+    sides, and the established link neither flaps nor loses a message."""
+    a = cluster.add(log_to_file=True)
+    b = cluster.add(routes=[a.cluster_port], log_to_file=True)
+    await wait_mesh(cluster, [a, b])
+    a_id = a.server_id
+    seed = a.key_file.read_text().strip()
+    assert seed.startswith("SN"), seed
+
+    sub_nc = await nats_connect(b)
+    pub_nc = await nats_connect(a)
+    got = await sync_sub(sub_nc, pub_nc, "seq")
+    seq = Sequence(pub_nc, "seq", rate=2000)
+    seq.start()
+    created_before = b.log_text().count("Route connection created")
+
+    impostor = cluster.add(routes=[b.cluster_port, a.cluster_port], key_seed=seed,
+                           log_to_file=True)
+    assert impostor.server_id == a_id
+    # Both sides of the refusal say what happened, naming the key.
+    await until(lambda: "duplicate" in b.log_text().lower() and a_id in b.log_text(), 15,
+                what=lambda: "node B to log the duplicate key:\n" + b.log_tail(20))
+    await until(lambda: "duplicate" in impostor.log_text().lower(), 15,
+                what=lambda: "the impostor to log the refusal:\n" + impostor.log_tail(20))
+    await asyncio.sleep(3)  # a window for flapping to show (it did ~480 times a second)
+    await seq.stop()
+    await until(lambda: len(got) >= seq.sent, 10,
+                what=lambda: f"all {seq.sent} messages (got {len(got)})")
+
+    assert sorted(got) == list(range(seq.sent)), \
+        f"lost {seq.sent - len(set(got))} of {seq.sent} on the established link"
+    # The established link stayed: created once, never replaced.
+    assert b.log_text().count("Route connection created") == created_before, b.log_tail(30)
+    peers = b.route_peers()
+    assert list(peers) == [a_id], peers
+    text = b.log_text()
+    addr_a, addr_i = f"127.0.0.1:{a.cluster_port}", f"127.0.0.1:{impostor.cluster_port}"
+    dup_lines = [ln for ln in text.splitlines() if "duplicate" in ln.lower()]
+    assert any(addr_a in ln and addr_i in ln for ln in dup_lines), dup_lines[:5]
+    # One clear error, not one per attempt.
+    assert len(dup_lines) <= 5, dup_lines[:10]
+    assert len(text.splitlines()) < 200, f"{len(text.splitlines())} log lines on node B"

@@ -46,6 +46,10 @@ const RETIRE_GRACE: Duration = Duration::from_secs(2);
 /// Failed dials in a row after which a route learned by gossip is dropped.
 const IMPLICIT_ATTEMPTS: u32 = 10;
 
+/// How refusals of a second process with the same node key begin, on the
+/// refusing node's log and in the close reason the refused node logs.
+const DUPLICATE_KEY: &str = "duplicate node key";
+
 /// Cluster name used when none is configured, so nodes started without
 /// `--cluster_name` still agree.
 pub const DEFAULT_CLUSTER_NAME: &str = "tern";
@@ -343,6 +347,8 @@ pub struct Cluster {
     local: Mutex<HashMap<(Bytes, Bytes), u32>>,
     /// Cluster URLs with a dial loop running.
     dialing: Mutex<HashSet<String>>,
+    /// When each (key, address) refused as a duplicate key was last logged.
+    conflicts_logged: Mutex<HashMap<(String, SocketAddr), std::time::Instant>>,
     /// The configured routes now (a config reload may change them); a dial
     /// loop for a route no longer listed ends.
     routes: Mutex<Vec<String>>,
@@ -386,6 +392,7 @@ impl Cluster {
             by_node: Mutex::new(HashMap::new()),
             local: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashSet::new()),
+            conflicts_logged: Mutex::new(HashMap::new()),
             routes: Mutex::new(opts.routes.clone()),
             route_links: Mutex::new(HashMap::new()),
             current_peers: Mutex::new({
@@ -539,6 +546,46 @@ impl Cluster {
         forwarded
     }
 
+    /// Why a link announced by `hello` from `addr` must be refused because
+    /// another live process holds the same node key: this node's own key, or
+    /// a peer already linked from another address with another boot id (a
+    /// copied seed). Letting such a newcomer replace the established link
+    /// made both flap hundreds of times a second and lose messages. A peer
+    /// that restarted at the same address replaces its old link; one that
+    /// restarted elsewhere is linked once the old link is found dead.
+    fn key_conflict(&self, hello: &wire::Hello, addr: SocketAddr) -> Option<String> {
+        if hello.node_id == self.node_id {
+            return Some(format!(
+                "{DUPLICATE_KEY} {}: it is this node's own key (this node is at {}), \
+                 refusing {addr}",
+                hello.node_id, self.my_cluster_url
+            ));
+        }
+        let existing = self.link_to(&hello.node_id)?;
+        let established = existing.quic.remote_addr();
+        let alive = existing.quic.close_reason().is_none();
+        (alive && existing.boot_id != hello.boot_id && established != addr).then(|| {
+            format!(
+                "{DUPLICATE_KEY} {}: already linked from {established}, refusing {addr}",
+                hello.node_id
+            )
+        })
+    }
+
+    /// One error line per conflicting address a minute; repeats go to debug.
+    fn log_key_conflict(&self, quic: &QuicLink, reason: &str) {
+        let now = std::time::Instant::now();
+        let mut logged = self.conflicts_logged.lock();
+        logged.retain(|_, t| now.duration_since(*t) < Duration::from_secs(60));
+        let key = (quic.peer_key().to_owned(), quic.remote_addr());
+        if logged.contains_key(&key) {
+            tracing::debug!("{reason}");
+        } else {
+            logged.insert(key, now);
+            tracing::error!("{reason}");
+        }
+    }
+
     fn has_link(&self, node_id: &str) -> bool {
         self.by_node.lock().contains_key(node_id)
     }
@@ -660,7 +707,12 @@ impl Cluster {
                         break;
                     }
                     if !logged_failure {
-                        tracing::warn!("cannot link to route {url}: {e}");
+                        if e.contains(DUPLICATE_KEY) {
+                            // This process shares its key with a running node.
+                            tracing::error!("cannot link to route {url}: {e}");
+                        } else {
+                            tracing::warn!("cannot link to route {url}: {e}");
+                        }
                         logged_failure = true;
                     } else {
                         tracing::debug!("cannot link to route {url}: {e}");
@@ -720,6 +772,7 @@ impl Cluster {
                     .await?;
             }
             let theirs = control.recv_frame().await?;
+            let mut refusal = None;
             if !dialed {
                 // The acceptor echoes the dialer's nonce so both ends agree on it.
                 if let Some(Ok(wire::Control {
@@ -727,17 +780,27 @@ impl Cluster {
                 })) = theirs.clone().map(wire::Control::decode)
                 {
                     hello.link_nonce = h.link_nonce;
+                    // Refused before answering, so the dialer's setup fails
+                    // (and backs off) instead of forming a link that closes.
+                    refusal = self.key_conflict(&h, quic.remote_addr());
                 }
-                control
-                    .send_frame(&wire::encode_control(Kind::Hello(hello.clone())))
-                    .await?;
+                if refusal.is_none() {
+                    control
+                        .send_frame(&wire::encode_control(Kind::Hello(hello.clone())))
+                        .await?;
+                }
             }
-            Ok::<_, LinkError>((control, theirs))
+            Ok::<_, LinkError>((control, theirs, refusal))
         };
-        let (control, theirs) = tokio::time::timeout(Duration::from_secs(10), exchange)
+        let (control, theirs, refusal) = tokio::time::timeout(Duration::from_secs(10), exchange)
             .await
             .map_err(|_| "hello timed out".to_owned())?
             .map_err(|e| e.to_string())?;
+        if let Some(reason) = refusal {
+            self.log_key_conflict(&quic, &reason);
+            quic.close(&reason);
+            return Err(reason);
+        }
         let theirs = match theirs.map(wire::Control::decode) {
             Some(Ok(wire::Control {
                 kind: Some(Kind::Hello(h)),
@@ -795,6 +858,11 @@ impl Cluster {
         });
         let (send, recv) = control.split();
         if !self.register(&link) {
+            if let Some(reason) = self.key_conflict(&theirs, quic.remote_addr()) {
+                self.log_key_conflict(&quic, &reason);
+                quic.close(&reason);
+                return Err(reason);
+            }
             quic.close("duplicate link");
             return Ok(node_id);
         }
@@ -831,9 +899,14 @@ impl Cluster {
         let mut by = self.by_node.lock();
         let rank = |l: &Link| (l.dialed_by_me != (self.node_id < l.node_id), l.nonce);
         if let Some(existing) = by.get(&link.node_id) {
-            let stale = existing.quic.close_reason().is_some() || existing.boot_id != link.boot_id;
-            if stale {
+            let closed = existing.quic.close_reason().is_some();
+            let restarted = existing.boot_id != link.boot_id
+                && existing.quic.remote_addr() == link.quic.remote_addr();
+            if closed || restarted {
                 existing.quic.close("peer restarted");
+            } else if existing.boot_id != link.boot_id {
+                // Another process with the same key (see `key_conflict`).
+                return false;
             } else if rank(existing) <= rank(link) {
                 return false;
             } else {
@@ -912,7 +985,9 @@ impl Cluster {
                             continue;
                         }
                         if let Some(l) = self.link_to(&n.node_id) {
-                            if l.boot_id == n.boot_id {
+                            if l.boot_id == n.boot_id || l.cluster_url != n.cluster_url {
+                                // Known; or another process with the same key
+                                // elsewhere, which must not cost us the link.
                                 continue;
                             }
                             // The node restarted; our link to it is a leftover
