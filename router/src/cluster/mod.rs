@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
-use transport::quic::{FrameReceiver, FrameSender, LinkError, QuicEndpoint, QuicLink};
+use transport::quic::{FrameReceiver, FrameSender, LinkConfig, LinkError, QuicEndpoint, QuicLink};
 
 use crate::outbound::{Outbound, PushError};
 use crate::server::Server;
@@ -63,6 +63,9 @@ pub struct ClusterOptions {
     pub no_advertise: bool,
     /// Public keys (`N...`) allowed to link; empty means any node.
     pub peers: Vec<String>,
+    /// Keep-alive and idle timeout of links (`cluster { keepalive,
+    /// idle_timeout }`): how fast a dead peer is declared dead.
+    pub link: LinkConfig,
 }
 
 impl ClusterOptions {
@@ -277,7 +280,7 @@ impl Cluster {
         client_url: String,
     ) -> Result<Arc<Cluster>, LinkError> {
         let listen = opts.listen.expect("cluster listen address");
-        let mut endpoint = QuicEndpoint::bind(listen, identity, opts.peers.clone())?;
+        let mut endpoint = QuicEndpoint::bind(listen, identity, opts.peers.clone(), opts.link)?;
         // A batch frame holds up to a stream's pending bytes plus one message.
         let stream_max = STREAM_MAX_PENDING.max(2 * server.opts.max_payload);
         endpoint.set_max_frame(stream_max + server.opts.max_payload + 64 * 1024);
@@ -446,7 +449,9 @@ impl Cluster {
                         let _ = me.run_link(quic, false).await;
                     });
                 }
-                Err(e) => tracing::warn!("cluster link refused: {e}"),
+                // The endpoint logs failed handshakes itself, summarised per
+                // interval (a flood of them must not become a flood of lines).
+                Err(e) => tracing::debug!("cluster link refused: {e}"),
             }
         }
     }
