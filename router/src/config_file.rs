@@ -142,6 +142,8 @@ fn cluster(m: &Map, opts: &mut Options, warnings: &mut Vec<String>) -> Result<()
                 c.advertise = Some(crate::cli::host_port(v.as_str()?).map_err(|m| v.error(m))?)
             }
             "no_advertise" => c.no_advertise = v.as_bool()?,
+            "keepalive" | "keep_alive" => c.link.keep_alive = seconds(v)?,
+            "idle_timeout" => c.link.idle_timeout = seconds(v)?,
             "authorization" => {
                 for a in v.as_map()?.iter() {
                     match a.key.to_ascii_lowercase().as_str() {
@@ -173,6 +175,16 @@ fn cluster(m: &Map, opts: &mut Options, warnings: &mut Vec<String>) -> Result<()
                 format!("cluster option {other:?} is not supported by Tern and is ignored"),
             )),
         }
+    }
+    if let Err(msg) = c.link.validate() {
+        let at = m
+            .get("keepalive")
+            .or_else(|| m.get("keep_alive"))
+            .or_else(|| m.get("idle_timeout"));
+        return Err(match at {
+            Some(v) => v.error(msg),
+            None => ConfigError::at(&Default::default(), msg),
+        });
     }
     if host.is_some() || port.is_some() {
         let base = c
@@ -308,6 +320,18 @@ mod tests {
             vec!["a:6222".to_owned(), "b:6222".to_owned()]
         );
         assert_eq!(o.cluster.peers.len(), 1);
+        assert_eq!(o.cluster.link, transport::quic::LinkConfig::default());
+        let (o, w) = opts("cluster { keepalive: \"100ms\", idle_timeout: 3 }\n");
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(o.cluster.link.keep_alive, Duration::from_millis(100));
+        assert_eq!(o.cluster.link.idle_timeout, Duration::from_secs(3));
+        let mut o = Options::default();
+        let e = apply(
+            &parse_str("cluster {\n  keepalive: \"2s\"\n  idle_timeout: \"1s\"\n}\n").unwrap(),
+            &mut o,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("shorter"), "{e}");
         let mut o = Options::default();
         let e = apply(
             &parse_str("cluster { authorization { peers: [\"UABC\"] } }").unwrap(),

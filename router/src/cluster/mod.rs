@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
-use transport::quic::{FrameReceiver, FrameSender, LinkError, QuicEndpoint, QuicLink};
+use transport::quic::{FrameReceiver, FrameSender, LinkConfig, LinkError, QuicEndpoint, QuicLink};
 
 use crate::outbound::{Outbound, PushError};
 use crate::server::Server;
@@ -68,6 +68,9 @@ pub struct ClusterOptions {
     pub no_advertise: bool,
     /// Public keys (`N...`) allowed to link; empty means any node.
     pub peers: Vec<String>,
+    /// Keep-alive and idle timeout of links (`cluster { keepalive,
+    /// idle_timeout }`): how fast a dead peer is declared dead.
+    pub link: LinkConfig,
 }
 
 impl ClusterOptions {
@@ -375,7 +378,7 @@ impl Cluster {
         client_url: String,
     ) -> Result<Arc<Cluster>, LinkError> {
         let listen = opts.listen.expect("cluster listen address");
-        let mut endpoint = QuicEndpoint::bind(listen, identity, opts.peers.clone())?;
+        let mut endpoint = QuicEndpoint::bind(listen, identity, opts.peers.clone(), opts.link)?;
         // A batch frame holds up to a stream's pending bytes plus one message.
         let stream_max = STREAM_MAX_PENDING.max(2 * server.opts.max_payload);
         endpoint.set_max_frame(stream_max + server.opts.max_payload + 64 * 1024);
@@ -511,39 +514,93 @@ impl Cluster {
         let n = links.len();
         let start = crate::client::fastrand(n);
         let mut served: Vec<Bytes> = Vec::new();
+        // Healthy links first: a queue group is served by a suspected peer
+        // (one that stopped answering, likely dead) only when no healthy
+        // peer has a member, so a killed node costs a few milliseconds of its
+        // share instead of everything until the idle timeout.
+        let mut suspects: Vec<&Arc<Link>> = Vec::new();
         for i in 0..n {
             let link = &links[(start + i) % n];
-            let result = link.remote.matches(subject);
-            let plain = !result.plain.is_empty();
-            let mut queues = Vec::new();
-            for (q, _) in &result.queues {
-                if !local_queues.contains(q) && !served.contains(q) {
-                    served.push(q.clone());
-                    queues.push(q.clone());
-                }
+            if link.quic.is_suspect() {
+                suspects.push(link);
+                continue;
             }
-            if plain || !queues.is_empty() {
-                let msg = RoutedMsg {
-                    subject: subject.clone(),
-                    reply: reply.cloned().unwrap_or_default(),
-                    headers: headers.cloned(),
-                    payload: payload.clone(),
-                    plain,
-                    queues,
-                    interest_version: link.interest_sent.load(Ordering::Acquire),
-                };
-                match link.send_msg(publisher, &msg) {
-                    SendStatus::Sent(size) => {
-                        forwarded.msgs += 1;
-                        forwarded.bytes += size;
-                    }
-                    SendStatus::Full => blocked.0.push((link.clone(), msg)),
-                    SendStatus::Closed => {}
-                }
-                forwarded.any = true;
-            }
+            self.forward_to(
+                link,
+                publisher,
+                subject,
+                reply,
+                headers,
+                payload,
+                local_queues,
+                &mut served,
+                &mut forwarded,
+                blocked,
+            );
+        }
+        for link in suspects {
+            self.forward_to(
+                link,
+                publisher,
+                subject,
+                reply,
+                headers,
+                payload,
+                local_queues,
+                &mut served,
+                &mut forwarded,
+                blocked,
+            );
         }
         forwarded
+    }
+
+    /// One link's part of [`Cluster::forward`]: the message goes if the peer
+    /// has plain interest or a member of a queue group not yet served.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_to(
+        &self,
+        link: &Arc<Link>,
+        publisher: u64,
+        subject: &Bytes,
+        reply: Option<&Bytes>,
+        headers: Option<&Bytes>,
+        payload: &Bytes,
+        local_queues: &[Bytes],
+        served: &mut Vec<Bytes>,
+        forwarded: &mut Forwarded,
+        blocked: &mut Blocked,
+    ) {
+        let result = link.remote.matches(subject);
+        let plain = !result.plain.is_empty();
+        let mut queues = Vec::new();
+        for (q, _) in &result.queues {
+            if !local_queues.contains(q) && !served.contains(q) {
+                served.push(q.clone());
+                queues.push(q.clone());
+            }
+        }
+        if !plain && queues.is_empty() {
+            return;
+        }
+        let msg = RoutedMsg {
+            subject: subject.clone(),
+            reply: reply.cloned().unwrap_or_default(),
+            headers: headers.cloned(),
+            payload: payload.clone(),
+            plain,
+            queues,
+            interest_version: link.interest_sent.load(Ordering::Acquire),
+        };
+        match link.send_msg(publisher, &msg) {
+            SendStatus::Sent(size) => {
+                forwarded.msgs += 1;
+                forwarded.bytes += size;
+            }
+            SendStatus::Full => blocked.0.push((link.clone(), msg)),
+            SendStatus::Closed => {}
+        }
+        forwarded.any = true;
     }
 
     /// Why a link announced by `hello` from `addr` must be refused because
@@ -596,12 +653,8 @@ impl Cluster {
 
     /// Accepts peers' QUIC connections. A refused handshake concerns only
     /// that peer, so there is nothing to back off from (QUIC connections do
-    /// not take file descriptors), but a flood of them must not flood the
-    /// log: the first is logged, then at most one summary per 10 s.
+    /// not take file descriptors); the endpoint summarises them in the log.
     async fn accept_loop(self: Arc<Self>) {
-        const LOG_INTERVAL: Duration = Duration::from_secs(10);
-        let mut last_log: Option<std::time::Instant> = None;
-        let mut suppressed = 0u64;
         while let Some(res) = self.endpoint.accept().await {
             match res {
                 Ok(quic) => {
@@ -610,18 +663,9 @@ impl Cluster {
                         let _ = me.run_link(quic, false).await;
                     });
                 }
-                Err(e) => match last_log {
-                    Some(t) if t.elapsed() < LOG_INTERVAL => suppressed += 1,
-                    _ => {
-                        if suppressed > 0 {
-                            tracing::warn!(repeated = suppressed, "cluster link refused: {e}");
-                        } else {
-                            tracing::warn!("cluster link refused: {e}");
-                        }
-                        last_log = Some(std::time::Instant::now());
-                        suppressed = 0;
-                    }
-                },
+                // The endpoint logs failed handshakes itself, summarised per
+                // interval (a flood of them must not become a flood of lines).
+                Err(e) => tracing::debug!("cluster link refused: {e}"),
             }
         }
     }
