@@ -381,6 +381,7 @@ pub struct QuicEndpoint {
     logger: JoinHandle<()>,
     local_key: String,
     max_frame: usize,
+    keep_alive: Duration,
 }
 
 impl fmt::Debug for QuicEndpoint {
@@ -466,6 +467,7 @@ impl QuicEndpoint {
             logger,
             local_key: identity.public_key(),
             max_frame: DEFAULT_MAX_FRAME,
+            keep_alive: config.keep_alive,
         })
     }
 
@@ -519,7 +521,12 @@ impl QuicEndpoint {
                 conn.close(VarInt::from_u32(1), b"bad hello");
                 return Err(e);
             }
-            Ok(QuicLink::new(conn, peer_key, self.max_frame))
+            Ok(QuicLink::new(
+                conn,
+                peer_key,
+                self.max_frame,
+                self.keep_alive,
+            ))
         };
         tokio::time::timeout(HANDSHAKE_TIMEOUT, setup)
             .await
@@ -533,7 +540,11 @@ impl QuicEndpoint {
     /// nobody is taking them, so callers need not log them again.
     pub async fn accept(&self) -> Option<Result<QuicLink, LinkError>> {
         let next = self.accepted.lock().await.recv().await?;
-        Some(next.map(|(conn, peer_key)| QuicLink::new(conn, peer_key, self.max_frame)))
+        Some(
+            next.map(|(conn, peer_key)| {
+                QuicLink::new(conn, peer_key, self.max_frame, self.keep_alive)
+            }),
+        )
     }
 
     /// Closes every link with `reason` and stops accepting, for shutdown.
@@ -744,15 +755,22 @@ struct LinkShared {
 
 /// Watches one link's packet counters: the peer is suspect while something
 /// this node sent (a packet that asks for an acknowledgement: data, a ping,
-/// a retransmission) has gone unanswered, with no datagram at all from the
-/// peer, for longer than an answer can take. Keep-alive pings make this work
-/// on idle links too. Ends when the link is closed or dropped.
-async fn watch_link(shared: Weak<LinkShared>) {
+/// a retransmission) has gone unanswered for longer than an answer can take
+/// (`patience`), and nothing at all has arrived from the peer for longer
+/// than one keep-alive interval plus that. The second condition is needed
+/// because quinn's peers, asked to acknowledge only every 32 packets, were
+/// measured answering a lone packet or keep-alive ping after 60 ms to 250 ms
+/// (often only with their own next ping): the first rule alone made healthy
+/// idle links suspect about 3 % of the time. A live peer sends something at
+/// least once per keep-alive interval, so silence beyond it means trouble.
+/// Ends when the link is closed or dropped.
+async fn watch_link(shared: Weak<LinkShared>, keep_alive: Duration) {
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rx = 0;
     let mut last_sent = 0;
     let mut waiting_since: Option<Instant> = None;
+    let mut last_rx_at = Instant::now();
     loop {
         tick.tick().await;
         let Some(link) = shared.upgrade() else { return };
@@ -766,6 +784,7 @@ async fn watch_link(shared: Weak<LinkShared>) {
         let sent = ack_eliciting_frames(&stats.frame_tx);
         if rx != last_rx {
             last_rx = rx;
+            last_rx_at = now;
             waiting_since = None;
         }
         if sent != last_sent {
@@ -774,7 +793,8 @@ async fn watch_link(shared: Weak<LinkShared>) {
         }
         let patience =
             (stats.path.rtt * 3 + PEER_ACK_DELAY + WATCH_INTERVAL * 2).max(MIN_SUSPECT_AFTER);
-        let suspect = waiting_since.is_some_and(|t| now.duration_since(t) > patience);
+        let suspect = waiting_since.is_some_and(|t| now.duration_since(t) > patience)
+            && now.duration_since(last_rx_at) > keep_alive + patience;
         if link.suspect.swap(suspect, Ordering::Relaxed) != suspect {
             tracing::debug!(
                 peer = %link.conn.remote_address(),
@@ -824,12 +844,17 @@ impl fmt::Debug for QuicLink {
 impl QuicLink {
     /// Wraps an authenticated connection and starts its watcher (inside a
     /// Tokio runtime).
-    fn new(conn: quinn::Connection, peer_key: String, max_frame: usize) -> QuicLink {
+    fn new(
+        conn: quinn::Connection,
+        peer_key: String,
+        max_frame: usize,
+        keep_alive: Duration,
+    ) -> QuicLink {
         let shared = Arc::new(LinkShared {
             conn,
             suspect: AtomicBool::new(false),
         });
-        tokio::spawn(watch_link(Arc::downgrade(&shared)));
+        tokio::spawn(watch_link(Arc::downgrade(&shared), keep_alive));
         QuicLink {
             shared,
             peer_key,
@@ -838,8 +863,10 @@ impl QuicLink {
     }
 
     /// Whether the peer looks dead: something sent to it has gone unanswered
-    /// for longer than max(3 × RTT + its ACK delay, 50 ms), or the link is
-    /// closed. Clears as soon as anything arrives from the peer. Long before
+    /// for longer than max(3 × RTT + 45 ms, 50 ms) and nothing has arrived
+    /// from it for a keep-alive interval plus that (about 300 ms with the
+    /// defaults), or the link is closed. Clears as soon as anything arrives
+    /// from the peer. Long before
     /// the idle timeout declares the link lost, a router can stop choosing
     /// this peer (e.g. for queue delivery). Cheap: one atomic load, fine on
     /// the publish path. Sampled every 10 ms; a node starved of CPU may see

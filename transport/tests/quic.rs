@@ -388,7 +388,12 @@ async fn stalled_peer_is_suspect_until_it_answers_again() {
             let _ = wait.recv_timeout(LIMIT);
         });
         a_out.send_frame(b"during").await.unwrap();
+        let sent = std::time::Instant::now();
         until_suspect(&ab, true).await;
+        eprintln!(
+            "stalled peer: suspect {:?} after a frame went unanswered",
+            sent.elapsed()
+        );
         assert!(ab.close_reason().is_none());
 
         resume.send(()).unwrap();
