@@ -751,6 +751,8 @@ pub struct QuicLink {
 struct LinkShared {
     conn: quinn::Connection,
     suspect: AtomicBool,
+    /// The first half of the suspicion rule alone (see [`QuicLink::is_unanswered`]).
+    unanswered: AtomicBool,
 }
 
 /// Watches one link's packet counters: the peer is suspect while something
@@ -776,6 +778,7 @@ async fn watch_link(shared: Weak<LinkShared>, keep_alive: Duration) {
         let Some(link) = shared.upgrade() else { return };
         if link.conn.close_reason().is_some() {
             link.suspect.store(true, Ordering::Relaxed);
+            link.unanswered.store(true, Ordering::Relaxed);
             return;
         }
         let stats = link.conn.stats();
@@ -793,8 +796,9 @@ async fn watch_link(shared: Weak<LinkShared>, keep_alive: Duration) {
         }
         let patience =
             (stats.path.rtt * 3 + PEER_ACK_DELAY + WATCH_INTERVAL * 2).max(MIN_SUSPECT_AFTER);
-        let suspect = waiting_since.is_some_and(|t| now.duration_since(t) > patience)
-            && now.duration_since(last_rx_at) > keep_alive + patience;
+        let unanswered = waiting_since.is_some_and(|t| now.duration_since(t) > patience);
+        link.unanswered.store(unanswered, Ordering::Relaxed);
+        let suspect = unanswered && now.duration_since(last_rx_at) > keep_alive + patience;
         if link.suspect.swap(suspect, Ordering::Relaxed) != suspect {
             tracing::debug!(
                 peer = %link.conn.remote_address(),
@@ -853,6 +857,7 @@ impl QuicLink {
         let shared = Arc::new(LinkShared {
             conn,
             suspect: AtomicBool::new(false),
+            unanswered: AtomicBool::new(false),
         });
         tokio::spawn(watch_link(Arc::downgrade(&shared), keep_alive));
         QuicLink {
@@ -873,6 +878,17 @@ impl QuicLink {
     /// its peers briefly suspect.
     pub fn is_suspect(&self) -> bool {
         self.shared.suspect.load(Ordering::Relaxed)
+    }
+
+    /// The quick, noisy half of [`QuicLink::is_suspect`]: something sent has
+    /// gone unanswered for longer than an answer takes (max(3 × RTT + the
+    /// peer's ACK delay, 50 ms)). A dead peer shows this within about 50 ms
+    /// of the next packet sent to it; a healthy idle one also now and then
+    /// (its acknowledgements can lag by up to a keep-alive interval). Good for
+    /// preferring another peer when any will do (a queue group member
+    /// elsewhere), never for acting against this one. One atomic load.
+    pub fn is_unanswered(&self) -> bool {
+        self.shared.unanswered.load(Ordering::Relaxed)
     }
 
     /// The remote node's public key (`N...`), verified by TLS and the hello:

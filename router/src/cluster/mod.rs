@@ -514,14 +514,15 @@ impl Cluster {
         let n = links.len();
         let start = crate::client::fastrand(n);
         let mut served: Vec<Bytes> = Vec::new();
-        // Healthy links first: a queue group is served by a suspected peer
-        // (one that stopped answering, likely dead) only when no healthy
-        // peer has a member, so a killed node costs a few milliseconds of its
-        // share instead of everything until the idle timeout.
+        // Answering links first: a queue group is served by a peer that has
+        // left something unanswered (maybe dead; see `is_unanswered`) only
+        // when no other peer has a member, so a killed node costs tens of
+        // milliseconds of its share instead of everything until the idle
+        // timeout. A false alarm only moves a message to another member.
         let mut suspects: Vec<&Arc<Link>> = Vec::new();
         for i in 0..n {
             let link = &links[(start + i) % n];
-            if link.quic.is_suspect() {
+            if link.quic.is_unanswered() {
                 suspects.push(link);
                 continue;
             }
