@@ -636,11 +636,12 @@ impl Cluster {
         let mut logged = self.conflicts_logged.lock();
         logged.retain(|_, t| now.duration_since(*t) < Duration::from_secs(60));
         let key = (quic.peer_key().to_owned(), quic.remote_addr());
-        if logged.contains_key(&key) {
-            tracing::debug!("{reason}");
-        } else {
-            logged.insert(key, now);
-            tracing::error!("{reason}");
+        match logged.entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => tracing::debug!("{reason}"),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(now);
+                tracing::error!("{reason}");
+            }
         }
     }
 
