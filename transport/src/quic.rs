@@ -42,7 +42,7 @@ pub const STREAM_WINDOW: u32 = 512 * 1024;
 /// Default keep-alive ping interval: keeps NAT bindings and idle links alive,
 /// and makes a dead peer's silence visible on an idle link within one
 /// interval (see [`QuicLink::is_suspect`]).
-pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_millis(250);
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_millis(100);
 
 /// Default idle timeout: a link with no packet from the peer for this long
 /// is declared dead (four missed keep-alives). Suited to a LAN; raise it for
@@ -61,6 +61,11 @@ const MIN_SUSPECT_AFTER: Duration = Duration::from_millis(50);
 /// The peer's default `max_ack_delay` (RFC 9000, 25 ms), part of how long an
 /// answer may take.
 const PEER_ACK_DELAY: Duration = Duration::from_millis(25);
+
+/// Datagrams sent since the peer last sent anything after which an
+/// unanswered link is suspect without waiting a keep-alive interval: twice
+/// the 32 packets a peer may take before it must acknowledge.
+const BUSY_UNANSWERED: u64 = 64;
 
 /// Handshakes in progress above which a dialer must first prove it owns its
 /// address with a Retry round trip (stateless for this node), so a flood of
@@ -751,8 +756,6 @@ pub struct QuicLink {
 struct LinkShared {
     conn: quinn::Connection,
     suspect: AtomicBool,
-    /// The first half of the suspicion rule alone (see [`QuicLink::is_unanswered`]).
-    unanswered: AtomicBool,
 }
 
 /// Watches one link's packet counters: the peer is suspect while something
@@ -765,6 +768,9 @@ struct LinkShared {
 /// (often only with their own next ping): the first rule alone made healthy
 /// idle links suspect about 3 % of the time. A live peer sends something at
 /// least once per keep-alive interval, so silence beyond it means trouble.
+/// On a busy link the wait is shorter: a peer asked to acknowledge every 32
+/// packets that has let [`BUSY_UNANSWERED`] datagrams go by without a word
+/// is not just slow to acknowledge.
 /// Ends when the link is closed or dropped.
 async fn watch_link(shared: Weak<LinkShared>, keep_alive: Duration) {
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
@@ -773,21 +779,23 @@ async fn watch_link(shared: Weak<LinkShared>, keep_alive: Duration) {
     let mut last_sent = 0;
     let mut waiting_since: Option<Instant> = None;
     let mut last_rx_at = Instant::now();
+    let mut tx_at_last_rx = 0;
     loop {
         tick.tick().await;
         let Some(link) = shared.upgrade() else { return };
         if link.conn.close_reason().is_some() {
             link.suspect.store(true, Ordering::Relaxed);
-            link.unanswered.store(true, Ordering::Relaxed);
             return;
         }
         let stats = link.conn.stats();
         let now = Instant::now();
         let rx = stats.udp_rx.datagrams;
         let sent = ack_eliciting_frames(&stats.frame_tx);
+        let tx = stats.udp_tx.datagrams;
         if rx != last_rx {
             last_rx = rx;
             last_rx_at = now;
+            tx_at_last_rx = tx;
             waiting_since = None;
         }
         if sent != last_sent {
@@ -796,9 +804,9 @@ async fn watch_link(shared: Weak<LinkShared>, keep_alive: Duration) {
         }
         let patience =
             (stats.path.rtt * 3 + PEER_ACK_DELAY + WATCH_INTERVAL * 2).max(MIN_SUSPECT_AFTER);
-        let unanswered = waiting_since.is_some_and(|t| now.duration_since(t) > patience);
-        link.unanswered.store(unanswered, Ordering::Relaxed);
-        let suspect = unanswered && now.duration_since(last_rx_at) > keep_alive + patience;
+        let silent_busy = tx.saturating_sub(tx_at_last_rx) > BUSY_UNANSWERED;
+        let suspect = waiting_since.is_some_and(|t| now.duration_since(t) > patience)
+            && (silent_busy || now.duration_since(last_rx_at) > keep_alive + patience);
         if link.suspect.swap(suspect, Ordering::Relaxed) != suspect {
             tracing::debug!(
                 peer = %link.conn.remote_address(),
@@ -857,7 +865,6 @@ impl QuicLink {
         let shared = Arc::new(LinkShared {
             conn,
             suspect: AtomicBool::new(false),
-            unanswered: AtomicBool::new(false),
         });
         tokio::spawn(watch_link(Arc::downgrade(&shared), keep_alive));
         QuicLink {
@@ -878,17 +885,6 @@ impl QuicLink {
     /// its peers briefly suspect.
     pub fn is_suspect(&self) -> bool {
         self.shared.suspect.load(Ordering::Relaxed)
-    }
-
-    /// The quick, noisy half of [`QuicLink::is_suspect`]: something sent has
-    /// gone unanswered for longer than an answer takes (max(3 × RTT + the
-    /// peer's ACK delay, 50 ms)). A dead peer shows this within about 50 ms
-    /// of the next packet sent to it; a healthy idle one also now and then
-    /// (its acknowledgements can lag by up to a keep-alive interval). Good for
-    /// preferring another peer when any will do (a queue group member
-    /// elsewhere), never for acting against this one. One atomic load.
-    pub fn is_unanswered(&self) -> bool {
-        self.shared.unanswered.load(Ordering::Relaxed)
     }
 
     /// The remote node's public key (`N...`), verified by TLS and the hello:

@@ -344,15 +344,8 @@ async fn silent_peer_is_suspect_at_once_and_lost_after_the_idle_timeout() {
         rt.shutdown_background();
         let started = std::time::Instant::now();
 
-        // Keep sending, as a publisher would: the quick signal comes first.
-        while !ab.is_unanswered() {
-            let _ = ctl.send_frame(b"anyone?").await;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let unanswered_after = started.elapsed();
         until_suspect(&ab, true).await;
         let suspect_after = started.elapsed();
-        assert!(unanswered_after <= suspect_after);
         assert!(
             ab.close_reason().is_none(),
             "suspect before the idle timeout declares the link lost"
@@ -360,13 +353,11 @@ async fn silent_peer_is_suspect_at_once_and_lost_after_the_idle_timeout() {
         let lost = ab.closed().await;
         let lost_after = started.elapsed();
         eprintln!(
-            "silent peer: unanswered after {unanswered_after:?}, suspect after \
-             {suspect_after:?}, lost after {lost_after:?}: {lost}"
+            "silent peer: suspect after {suspect_after:?}, lost after {lost_after:?}: {lost}"
         );
         assert!(matches!(lost, LinkError::Lost(_)), "{lost:?}");
         assert!(lost.to_string().ends_with("timed out"), "{lost}");
         assert!(ab.is_suspect(), "a lost link stays suspect");
-        assert!(ab.is_unanswered(), "and unanswered");
     })
     .await;
 }

@@ -514,45 +514,35 @@ impl Cluster {
         let n = links.len();
         let start = crate::client::fastrand(n);
         let mut served: Vec<Bytes> = Vec::new();
-        // Answering links first: a queue group is served by a peer that has
-        // left something unanswered (maybe dead; see `is_unanswered`) only
-        // when no other peer has a member, so a killed node costs tens of
-        // milliseconds of its share instead of everything until the idle
-        // timeout. A false alarm only moves a message to another member.
+        // Healthy links first: a queue group is served by a suspect peer
+        // (one that went silent, likely dead; see `QuicLink::is_suspect`)
+        // only when no other peer has a member, so a killed node costs a
+        // fraction of a second of its share instead of everything until the
+        // idle timeout. A false alarm only moves a message to another member.
+        let mut send = |link: &Arc<Link>| {
+            self.forward_to(
+                link,
+                publisher,
+                subject,
+                reply,
+                headers,
+                payload,
+                local_queues,
+                &mut served,
+                &mut forwarded,
+                blocked,
+            )
+        };
         let mut suspects: Vec<&Arc<Link>> = Vec::new();
         for i in 0..n {
             let link = &links[(start + i) % n];
-            if link.quic.is_unanswered() {
+            if link.quic.is_suspect() {
                 suspects.push(link);
-                continue;
+            } else {
+                send(link);
             }
-            self.forward_to(
-                link,
-                publisher,
-                subject,
-                reply,
-                headers,
-                payload,
-                local_queues,
-                &mut served,
-                &mut forwarded,
-                blocked,
-            );
         }
-        for link in suspects {
-            self.forward_to(
-                link,
-                publisher,
-                subject,
-                reply,
-                headers,
-                payload,
-                local_queues,
-                &mut served,
-                &mut forwarded,
-                blocked,
-            );
-        }
+        suspects.into_iter().for_each(send);
         forwarded
     }
 
