@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod config_file;
 pub mod logging;
+pub mod memtrim;
 pub mod monitor;
 pub mod options;
 pub mod outbound;
