@@ -472,11 +472,6 @@ impl Cluster {
         let mut node: Option<String> = learned;
         let mut logged_failure = false;
         let mut failures = 0;
-        if implicit {
-            // Other members learn of the same node at the same moment; a
-            // short random delay lets one link form before others try.
-            tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 300)).await;
-        }
         while !self.stopping.load(Ordering::Relaxed) {
             if let Some(id) = &node {
                 if self.has_link(id) {
