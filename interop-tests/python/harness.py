@@ -85,8 +85,10 @@ class Server:
 
     def __init__(self, binary: str, workdir: Path, config: str | None = None,
                  extra_args: list[str] | None = None, monitor: bool = True,
-                 name: str = "srv"):
+                 name: str = "srv", nofile: int | None = None):
         self.binary = binary
+        # RLIMIT_NOFILE (soft and hard) for the process (descriptor-exhaustion tests).
+        self.nofile = nofile
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -126,16 +128,27 @@ class Server:
         log.flush()
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL,
-                                     preexec_fn=_die_with_parent, cwd=self.workdir)
+                                     preexec_fn=self._preexec, cwd=self.workdir)
         log.close()
         _LIVE[self.proc.pid] = self.proc
         try:
+            # Both servers write the ports file only once their listeners are
+            # bound, so the kernel already completes connections to them.  No
+            # probe connection: the server would count it (in /varz, /connz,
+            # max_connections) until it noticed the close, at a moment no
+            # test can wait for.
             self._wait_ports(ports_dir, timeout)
-            self._wait_accepting(timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _preexec(self) -> None:
+        _die_with_parent()
+        if self.nofile is not None:
+            import resource
+            # Hard limit too: Go programs raise their soft limit to the hard one.
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def _wait_ports(self, ports_dir: Path, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -166,18 +179,6 @@ class Server:
             if not mon:
                 raise ServerError(f"ports file has no monitoring entry: {data}")
             self.http_port = int(mon[0].rsplit(":", 1)[1].rstrip("/"))
-
-    def _wait_accepting(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((self.host, self.port), timeout=1):
-                    return
-            except OSError as e:
-                last = e
-                time.sleep(0.02)
-        raise ServerError(f"port {self.port} not accepting: {last}")
 
     def stop(self) -> None:
         """Kill by PID (SIGKILL) and reap.  Safe to call twice."""
@@ -346,6 +347,21 @@ class RawConn:
         o = {"verbose": False, "pedantic": False}
         o.update(opts)
         self.send(b"CONNECT " + json.dumps(o).encode() + b"\r\n")
+
+
+# -- nats-py -------------------------------------------------------------------
+
+async def sync_point(nc, timeout: float = 10.0) -> None:
+    """Round trip through the server on the nats-py connection `nc`:
+    subscribe to a fresh inbox, publish to it, wait for the message.  The
+    server handles one connection's commands in order, so everything `nc`
+    sent before has taken effect when this returns.  (`nc.flush()` is not
+    such a barrier: nats-py writes its PING straight to the socket, ahead of
+    commands still queued in the client.)  Not for no_echo connections."""
+    sub = await nc.subscribe(nc.new_inbox())
+    await nc.publish(sub.subject, b"sync")
+    await sub.next_msg(timeout=timeout)
+    await sub.unsubscribe()
 
 
 # -- clusters ----------------------------------------------------------------

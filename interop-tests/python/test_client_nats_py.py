@@ -13,16 +13,9 @@ import nats
 import nats.errors
 import pytest
 
+from harness import sync_point
+
 TIMEOUT = 5.0
-
-
-async def sync_point(nc):
-    """Round trip through the server on `nc`: subscribe, publish to self,
-    wait for it.  Everything `nc` sent before is processed once it returns."""
-    sub = await nc.subscribe(nc.new_inbox())
-    await nc.publish(sub.subject, b"sync")
-    await sub.next_msg(timeout=TIMEOUT)
-    await sub.unsubscribe()
 
 
 async def test_pub_sub(server, nats_connect):

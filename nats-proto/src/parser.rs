@@ -49,6 +49,10 @@ pub enum ProtoError {
         verb: &'static str,
         reason: &'static str,
     },
+    /// An `HPUB` line from a client that did not announce `headers` in its
+    /// CONNECT (see [`Parser::set_hpub_allowed`]). nats-server refuses it
+    /// before looking at its arguments and closes without an `-ERR`.
+    HeadersNotSupported,
 }
 
 impl ProtoError {
@@ -58,7 +62,7 @@ impl ProtoError {
             ProtoError::UnknownOp => Some("Unknown Protocol Operation"),
             ProtoError::MaxControlLine => Some("maximum control line exceeded"),
             ProtoError::MaxPayload { .. } => Some("Maximum Payload Violation"),
-            ProtoError::BadArgs { .. } => None,
+            ProtoError::BadArgs { .. } | ProtoError::HeadersNotSupported => None,
         }
     }
 }
@@ -70,6 +74,7 @@ impl fmt::Display for ProtoError {
             ProtoError::MaxControlLine => f.write_str("maximum control line exceeded"),
             ProtoError::MaxPayload { size } => write!(f, "maximum payload exceeded: {size}"),
             ProtoError::BadArgs { verb, reason } => write!(f, "{verb}: {reason}"),
+            ProtoError::HeadersNotSupported => f.write_str("HPUB without headers support"),
         }
     }
 }
@@ -108,16 +113,28 @@ impl PendingMsg {
 }
 
 /// Stateful, incremental NATS protocol parser.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Parser {
     limits: Limits,
     pending: Option<PendingMsg>,
     /// Bytes of the buffer already searched for a newline.
     scanned: usize,
+    /// Whether a complete `HPUB` line is parsed (true) or refused with
+    /// [`ProtoError::HeadersNotSupported`].
+    hpub_allowed: bool,
+}
+
+impl Default for Parser {
+    fn default() -> Self {
+        Parser::new(Limits::default())
+    }
 }
 
 /// Every verb, upper case, with whether it needs a space or tab after it.
-/// `PING`, `PONG` and `+OK` accept anything up to the newline, as nats-server does.
+/// `PING`, `PONG` and `+OK` accept anything up to the newline, as nats-server
+/// does; for `INFO` and `CONNECT` everything after the verb (and any spaces or
+/// tabs) is the argument, so `INFO{}` is INFO and `CONNECTX {}` is a CONNECT
+/// whose JSON is bad.
 const VERBS: &[(&[u8], bool)] = &[
     (b"PUB", true),
     (b"HPUB", true),
@@ -125,7 +142,7 @@ const VERBS: &[(&[u8], bool)] = &[
     (b"UNSUB", true),
     (b"MSG", true),
     (b"HMSG", true),
-    (b"INFO", true),
+    (b"INFO", false),
     (b"CONNECT", false),
     (b"PING", false),
     (b"PONG", false),
@@ -185,7 +202,15 @@ impl Parser {
             limits,
             pending: None,
             scanned: 0,
+            hpub_allowed: true,
         }
+    }
+
+    /// Whether `HPUB` is accepted. A server turns it off for a client until
+    /// that client's CONNECT announces `headers`: nats-server then closes on
+    /// any HPUB line, whatever its arguments say. On by default.
+    pub fn set_hpub_allowed(&mut self, allowed: bool) {
+        self.hpub_allowed = allowed;
     }
 
     /// The limits in force.
@@ -278,6 +303,7 @@ impl Parser {
                     max,
                 }))
             }
+            b"HPUB" if !self.hpub_allowed => Err(ProtoError::HeadersNotSupported),
             _ => {
                 let pending = self.parse_msg_line(verb, line, arg_start, nl + 1)?;
                 self.pending = Some(pending);
@@ -347,12 +373,15 @@ impl Parser {
     fn finish_msg(&mut self, buf: &mut BytesMut) -> Result<Option<Op>, ProtoError> {
         let p = self.pending.as_ref().expect("pending message");
         let frame_len = p.frame_len();
-        if buf.len() < frame_len {
-            // Check the terminator as soon as it is visible, like nats-server.
-            return Ok(None);
-        }
-        if &buf[frame_len - 2..frame_len] != b"\r\n" {
+        // Check each terminator byte as soon as it is visible, like
+        // nats-server: a wrong byte right after the payload fails at once,
+        // without waiting for the rest of a CRLF that will never come.
+        let term = &buf[(frame_len - 2).min(buf.len())..frame_len.min(buf.len())];
+        if term.iter().zip(b"\r\n").any(|(got, want)| got != want) {
             return Err(ProtoError::UnknownOp);
+        }
+        if buf.len() < frame_len {
+            return Ok(None);
         }
         let p = self.pending.take().expect("pending message");
         let frame = buf.split_to(frame_len).freeze();
@@ -441,12 +470,6 @@ fn match_verb(line: &[u8]) -> Option<(&'static [u8], usize)> {
             match rest.first() {
                 Some(&b) if is_sep(b) => {}
                 _ => continue,
-            }
-        } else if verb == b"CONNECT" {
-            if let Some(&b) = rest.first() {
-                if !is_sep(b) {
-                    continue;
-                }
             }
         }
         let skip = rest.iter().take_while(|&&b| is_sep(b)).count();

@@ -408,10 +408,10 @@ fn unterminated_lines_are_bounded() {
         parse_all(limits, &long("PING", b'x')),
         Err(ProtoError::MaxControlLine)
     );
-    // CONNECT must be followed by a separator: known to be unknown early.
+    // CONNECT needs no separator: what follows it is its (too long) argument.
     assert_eq!(
         parse_all(limits, &long("CONNECT", b'x')),
-        Err(ProtoError::UnknownOp)
+        Err(ProtoError::MaxControlLine)
     );
     // An endless run of separators after the verb.
     assert_eq!(
@@ -422,4 +422,159 @@ fn unterminated_lines_are_bounded() {
         parse_all(limits, &[&long("SUB", b' ')[..], b"a 1\r\n"].concat()),
         Err(ProtoError::MaxControlLine)
     );
+}
+
+// nats-server reads INFO and CONNECT as prefixes: what follows the verb and
+// any spaces or tabs is the argument, even with no separator at all.
+#[test]
+fn info_and_connect_need_no_separator() {
+    assert_eq!(one("INFO{}\r\n"), Op::Info(b("{}")));
+    assert_eq!(one("info\t {}\r\n"), Op::Info(b("{}")));
+    assert_eq!(one("INFO\r\n"), Op::Info(b("")));
+    assert_eq!(one("INFOX {}\r\n"), Op::Info(b("X {}")));
+    assert_eq!(one("CONNECT{\"a\":1}\r\n"), Op::Connect(b("{\"a\":1}")));
+    assert_eq!(one("CONNECTX {}\r\n"), Op::Connect(b("X {}")));
+    assert_eq!(one("CONNECT\r\n"), Op::Connect(b("")));
+    // The other verbs with arguments still need their separator.
+    assert_eq!(err("SUBX foo 1\r\n"), ProtoError::UnknownOp);
+    assert_eq!(err("-ERRx\r\n"), ProtoError::UnknownOp);
+}
+
+// A server refuses HPUB from a client that did not announce headers before
+// it looks at the arguments, so no size error can come first.
+#[test]
+fn hpub_refused_when_not_allowed() {
+    let limits = Limits {
+        max_control_line: 64,
+        max_payload: 16,
+    };
+    for line in [
+        &b"HPUB foo 12 12\r\n"[..],
+        b"HPUB foo 2 2000\r\n",
+        b"HPUB foo x y\r\n",
+        b"hpub foo\r\n",
+    ] {
+        let mut p = Parser::new(limits);
+        p.set_hpub_allowed(false);
+        let mut buf = BytesMut::from(line);
+        assert_eq!(p.parse(&mut buf), Err(ProtoError::HeadersNotSupported));
+        assert_eq!(ProtoError::HeadersNotSupported.client_error_text(), None);
+    }
+    // Only once the line is complete.
+    let mut p = Parser::new(limits);
+    p.set_hpub_allowed(false);
+    let mut buf = BytesMut::from(&b"HPUB foo 12 12"[..]);
+    assert_eq!(p.parse(&mut buf), Ok(None));
+    // PUB and HMSG are unaffected, and allowing it again restores HPUB.
+    let mut p = Parser::new(limits);
+    p.set_hpub_allowed(false);
+    let mut buf = BytesMut::from(&b"PUB a 1\r\nx\r\nHMSG a 1 12 12\r\nNATS/1.0\r\n\r\n\r\n"[..]);
+    assert!(matches!(p.parse(&mut buf), Ok(Some(Op::Pub { .. }))));
+    assert!(matches!(p.parse(&mut buf), Ok(Some(Op::HMsg { .. }))));
+    p.set_hpub_allowed(true);
+    let mut buf = BytesMut::from(&b"HPUB foo 12 12\r\nNATS/1.0\r\n\r\n\r\n"[..]);
+    assert!(matches!(p.parse(&mut buf), Ok(Some(Op::HPub { .. }))));
+}
+
+// The byte after the payload must be CR and the next LF; each is checked as
+// soon as it arrives, so a wrong one fails without waiting for more input.
+#[test]
+fn payload_terminator_checked_byte_by_byte() {
+    let limits = Limits::default();
+    for bad in [
+        &b"PUB a 3\r\nab\r\n"[..],
+        b"PUB a 2\r\nabX",
+        b"PUB a 2\r\nab\rX",
+        b"PUB a 2\r\nab\n",
+        b"PUB a 0\r\n\n",
+        b"HPUB a 12 12\r\nNATS/1.0\r\n\r\nX",
+        b"MSG a 1 2\r\nab\r\r",
+    ] {
+        assert_eq!(
+            parse_all(limits, bad),
+            Err(ProtoError::UnknownOp),
+            "{bad:?}"
+        );
+        let pieces: Vec<&[u8]> = bad.chunks(1).collect();
+        assert_eq!(
+            parse_pieces(limits, &pieces),
+            Err(ProtoError::UnknownOp),
+            "{bad:?} byte by byte"
+        );
+    }
+    // A good first byte on its own keeps waiting.
+    assert_eq!(parse_all(limits, b"PUB a 2\r\nab\r"), Ok(vec![]));
+    assert_eq!(parse_all(limits, b"PUB a 2\r\nab"), Ok(vec![]));
+}
+
+/// Feeds `chunks` one after another; returns the operations and then either
+/// the bytes left unconsumed or the error that stopped the parse.
+fn outcome(limits: Limits, chunks: &[&[u8]]) -> (Vec<Op>, Result<Vec<u8>, ProtoError>) {
+    let mut parser = Parser::new(limits);
+    let mut buf = BytesMut::new();
+    let mut ops = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        loop {
+            match parser.parse(&mut buf) {
+                Ok(Some(op)) => ops.push(op),
+                Ok(None) => break,
+                Err(e) => return (ops, Err(e)),
+            }
+        }
+    }
+    (ops, Ok(buf.to_vec()))
+}
+
+/// Streams built from protocol fragments, so that they reach payloads,
+/// terminators, prefix verbs and limits far more often than random bytes.
+fn protocol_soup() -> impl Strategy<Value = Vec<u8>> {
+    let pieces: &[&[u8]] = &[
+        b"PUB ",
+        b"HPUB ",
+        b"SUB ",
+        b"MSG ",
+        b"HMSG ",
+        b"UNSUB ",
+        b"INFO",
+        b"CONNECT",
+        b"PING",
+        b"+OK",
+        b"-ERR ",
+        b"a ",
+        b"1 ",
+        b"2 ",
+        b"12 ",
+        b"0",
+        b"\r",
+        b"\n",
+        b"\r\n",
+        b"x",
+        b"{}",
+        b" ",
+        b"\t",
+        b"NATS/1.0\r\n\r\n",
+    ];
+    prop::collection::vec(prop::sample::select(pieces), 0..24).prop_map(|v| v.concat())
+}
+
+proptest! {
+    // The fuzz target's split invariant, on protocol-shaped input: where a
+    // stream is cut (or fed byte by byte) never changes what comes out, the
+    // early payload-terminator check included.
+    #[test]
+    fn protocol_soup_parses_the_same_however_split(data in protocol_soup(),
+                                                   cut in any::<usize>(),
+                                                   small in any::<bool>()) {
+        let limits = if small {
+            Limits { max_control_line: 8, max_payload: 12 }
+        } else {
+            Limits::default()
+        };
+        let whole = outcome(limits, &[&data]);
+        let (head, tail) = data.split_at(cut % (data.len() + 1));
+        prop_assert_eq!(&outcome(limits, &[head, tail]), &whole);
+        let bytes: Vec<&[u8]> = data.chunks(1).collect();
+        prop_assert_eq!(&outcome(limits, &bytes), &whole);
+    }
 }

@@ -133,7 +133,8 @@ impl std::error::Error for PeerRefused {}
 /// the key is proven by the TLS 1.3 handshake signature.
 #[derive(Debug)]
 pub struct PinnedPeers {
-    allowed: BTreeSet<String>,
+    /// Replaced as a whole by [`PinnedPeers::set_allowed`] (config reload).
+    allowed: std::sync::RwLock<BTreeSet<String>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -142,6 +143,29 @@ impl PinnedPeers {
     /// not server nkeys are a configuration error, reported here rather than
     /// as a peer that silently never matches.
     pub fn new<I, S>(allowed: I) -> Result<Self, IdentityError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Ok(PinnedPeers {
+            allowed: std::sync::RwLock::new(Self::parse(allowed)?),
+            algorithms: crypto_provider().signature_verification_algorithms,
+        })
+    }
+
+    /// Replaces the allow-list (a config reload). Handshakes from then on use
+    /// the new list; closing links that are no longer allowed is the caller's job.
+    pub fn set_allowed<I, S>(&self, allowed: I) -> Result<(), IdentityError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let keys = Self::parse(allowed)?;
+        *self.allowed.write().unwrap_or_else(|e| e.into_inner()) = keys;
+        Ok(())
+    }
+
+    fn parse<I, S>(allowed: I) -> Result<BTreeSet<String>, IdentityError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -161,21 +185,22 @@ impl PinnedPeers {
                 Err(e) => return Err(IdentityError(format!("allowed peer {key:?}: {e}"))),
             }
         }
-        Ok(PinnedPeers {
-            allowed: keys,
-            algorithms: crypto_provider().signature_verification_algorithms,
-        })
+        Ok(keys)
     }
 
     /// True when any node may connect (empty allow-list), so operators can be
     /// warned that the cluster is open.
     pub fn is_open(&self) -> bool {
-        self.allowed.is_empty()
+        self.allowed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
     /// Whether a node with this public key would be accepted.
     pub fn allows(&self, key: &str) -> bool {
-        self.is_open() || self.allowed.contains(key)
+        let allowed = self.allowed.read().unwrap_or_else(|e| e.into_inner());
+        allowed.is_empty() || allowed.contains(key)
     }
 
     /// Accepts or refuses a peer certificate, returning the peer's key. A
@@ -293,18 +318,23 @@ fn tls_error(e: rustls::Error) -> IdentityError {
 }
 
 /// The accepting side's TLS 1.3 config: presents `identity`'s certificate and
-/// requires a client certificate that `pinned` accepts.
+/// requires a client certificate that `pinned` accepts. Session resumption is
+/// off: a resumed session skips certificate verification, so a peer removed
+/// from the allow-list by a reload could come back with an old ticket.
 pub fn server_config(
     identity: &ServerIdentity,
     pinned: Arc<PinnedPeers>,
 ) -> Result<rustls::ServerConfig, IdentityError> {
     let (cert, key) = certificate(identity)?;
-    rustls::ServerConfig::builder_with_provider(crypto_provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_error)?
         .with_client_cert_verifier(pinned)
         .with_single_cert(vec![cert], key)
-        .map_err(tls_error)
+        .map_err(tls_error)?;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
 }
 
 /// The dialing side's TLS 1.3 config: presents `identity`'s certificate and
@@ -314,13 +344,16 @@ pub fn client_config(
     pinned: Arc<PinnedPeers>,
 ) -> Result<rustls::ClientConfig, IdentityError> {
     let (cert, key) = certificate(identity)?;
-    rustls::ClientConfig::builder_with_provider(crypto_provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_error)?
         .dangerous()
         .with_custom_certificate_verifier(pinned)
         .with_client_auth_cert(vec![cert], key)
-        .map_err(tls_error)
+        .map_err(tls_error)?;
+    // Full handshakes only (see `server_config`).
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
 }
 
 #[cfg(test)]

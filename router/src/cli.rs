@@ -30,13 +30,15 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Measure a running server (Tern or nats-server), like `nats bench`.
-    Bench(crate::bench::BenchArgs),
-    /// Print a fresh server nkey seed and its public key.
+    Bench(tern_bench::BenchArgs),
+    /// Print a fresh server nkey seed and its public key, as two labelled
+    /// lines: `seed: SN...` then `public key: N...` (scripts can take the
+    /// text after `: `, e.g. `tern keygen | sed -n 's/^seed: //p' > node.seed`).
     Keygen,
 }
 
 /// Server flags, named as nats-server names them.
-#[derive(Args, Debug, Default)]
+#[derive(Args, Debug, Default, Clone)]
 pub struct ServerArgs {
     /// Bind to host address (default: 0.0.0.0).
     #[arg(short = 'a', long = "addr", visible_alias = "net", value_name = "HOST")]
@@ -124,6 +126,10 @@ pub struct ServerArgs {
     /// File holding the server's nkey seed (created on first start).
     #[arg(long = "server_key_file", value_name = "FILE")]
     pub server_key_file: Option<PathBuf>,
+    /// Send a signal to a running server and exit: ldm, stop, quit, term,
+    /// reopen or reload, optionally `=PID` or `=/path/to/pid_file`.
+    #[arg(long = "signal", visible_alias = "sl", value_name = "SIGNAL[=PID]")]
+    pub signal: Option<String>,
     /// Show version and exit.
     #[arg(short = 'v', long = "version")]
     pub version: bool,
@@ -189,6 +195,8 @@ const LONG_NAMES: &[&str] = &[
     "no_advertise",
     "client_advertise",
     "server_key_file",
+    "signal",
+    "sl",
     "version",
     "help",
 ];

@@ -12,17 +12,21 @@ use crate::cli::ServerArgs;
 use crate::config::{parse_file, ConfigError, Map, Value};
 use crate::options::{Options, UserEntry};
 
-/// Loads `-c FILE` (if given) into `opts`.
-pub fn load(args: &ServerArgs, opts: &mut Options) -> Result<(), ConfigError> {
+/// Loads `-c FILE` (if given) into `opts`. Returns a warning per key Tern
+/// ignores, each starting `file:line:col:` (the caller prints them: at start
+/// up they are warnings, for `-t` they fail the test, on reload they are logged).
+pub fn load(args: &ServerArgs, opts: &mut Options) -> Result<Vec<String>, ConfigError> {
     let Some(path) = &args.config else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let map = parse_file(path)?;
     opts.config_file = Some(path.clone());
-    for w in apply(&map, opts)? {
-        eprintln!("tern: warning: {w}");
-    }
-    Ok(())
+    apply(&map, opts)
+}
+
+/// `file:line:col: text` for a key that is ignored.
+fn ignored(pos: &crate::config::Pos, text: String) -> String {
+    ConfigError::at(pos, text).to_string()
 }
 
 fn port_of(v: &Value) -> Result<u16, ConfigError> {
@@ -101,9 +105,9 @@ fn authorization(
                 }
             }
             _ if e.used_as_variable => {}
-            other => warnings.push(format!(
-                "{}:{}: authorization option {other:?} is not supported by Tern and is ignored",
-                e.key_pos.line, e.key_pos.column
+            other => warnings.push(ignored(
+                &e.key_pos,
+                format!("authorization option {other:?} is not supported by Tern and is ignored"),
             )),
         }
     }
@@ -138,6 +142,8 @@ fn cluster(m: &Map, opts: &mut Options, warnings: &mut Vec<String>) -> Result<()
                 c.advertise = Some(crate::cli::host_port(v.as_str()?).map_err(|m| v.error(m))?)
             }
             "no_advertise" => c.no_advertise = v.as_bool()?,
+            "keepalive" | "keep_alive" => c.link.keep_alive = seconds(v)?,
+            "idle_timeout" => c.link.idle_timeout = seconds(v)?,
             "authorization" => {
                 for a in v.as_map()?.iter() {
                     match a.key.to_ascii_lowercase().as_str() {
@@ -156,19 +162,29 @@ fn cluster(m: &Map, opts: &mut Options, warnings: &mut Vec<String>) -> Result<()
                                 })
                                 .collect::<Result<_, _>>()?;
                         }
-                        other => warnings.push(format!(
-                            "{}:{}: cluster authorization option {other:?} is not supported by Tern (peers are authenticated by their nkeys)",
-                            a.key_pos.line, a.key_pos.column
+                        other => warnings.push(ignored(
+                            &a.key_pos,
+                            format!("cluster authorization option {other:?} is not supported by Tern (peers are authenticated by their nkeys)"),
                         )),
                     }
                 }
             }
             _ if e.used_as_variable => {}
-            other => warnings.push(format!(
-                "{}:{}: cluster option {other:?} is not supported by Tern and is ignored",
-                e.key_pos.line, e.key_pos.column
+            other => warnings.push(ignored(
+                &e.key_pos,
+                format!("cluster option {other:?} is not supported by Tern and is ignored"),
             )),
         }
+    }
+    if let Err(msg) = c.link.validate() {
+        let at = m
+            .get("keepalive")
+            .or_else(|| m.get("keep_alive"))
+            .or_else(|| m.get("idle_timeout"));
+        return Err(match at {
+            Some(v) => v.error(msg),
+            None => ConfigError::at(&Default::default(), msg),
+        });
     }
     if host.is_some() || port.is_some() {
         let base = c
@@ -233,9 +249,9 @@ pub fn apply(map: &Map, opts: &mut Options) -> Result<Vec<String>, ConfigError> 
             "server_key_file" => opts.server_key_file = Some(v.as_str()?.into()),
             "client_advertise" => opts.client_advertise = Some(v.as_str()?.to_owned()),
             _ if e.used_as_variable => {}
-            other => warnings.push(format!(
-                "{}:{}: option {other:?} is not supported by Tern and is ignored",
-                e.key_pos.line, e.key_pos.column
+            other => warnings.push(ignored(
+                &e.key_pos,
+                format!("option {other:?} is not supported by Tern and is ignored"),
             )),
         }
     }
@@ -304,6 +320,18 @@ mod tests {
             vec!["a:6222".to_owned(), "b:6222".to_owned()]
         );
         assert_eq!(o.cluster.peers.len(), 1);
+        assert_eq!(o.cluster.link, transport::quic::LinkConfig::default());
+        let (o, w) = opts("cluster { keepalive: \"100ms\", idle_timeout: 3 }\n");
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(o.cluster.link.keep_alive, Duration::from_millis(100));
+        assert_eq!(o.cluster.link.idle_timeout, Duration::from_secs(3));
+        let mut o = Options::default();
+        let e = apply(
+            &parse_str("cluster {\n  keepalive: \"2s\"\n  idle_timeout: \"1s\"\n}\n").unwrap(),
+            &mut o,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("shorter"), "{e}");
         let mut o = Options::default();
         let e = apply(
             &parse_str("cluster { authorization { peers: [\"UABC\"] } }").unwrap(),

@@ -1,17 +1,30 @@
-//! Tern's server core: the subject trie, clients and their subscriptions,
-//! monitoring, and the command line of the `tern` binary.
+//! Tern's server core and the `tern` binary.
+//!
+//! Laid out as nats-server is: a room per door over shared core modules.
+//!
+//! - Doors: [`client`] (NATS clients over TCP), [`cluster`] (QUIC links to
+//!   other Tern nodes), [`web`] (HTTP: monitoring); leafnodes and the
+//!   websocket/HTTP gateway will join as their own rooms.
+//! - Core every door shares: [`server`] (connections, shutdown, lame duck),
+//!   [`sublist`] and [`subject`] (the subscription trie and subject rules),
+//!   [`outbound`] (bounded per-connection buffers), [`gojson`] (CONNECT and
+//!   INFO JSON read the way nats-server's Go decoder reads it).
+//! - Process plumbing: [`cli`], [`config`], [`config_file`], [`options`],
+//!   [`logging`], [`reload`] (SIGHUP), [`control`] (`--signal`).
 
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod config_file;
+pub mod control;
+pub mod gojson;
 pub mod logging;
 pub mod memtrim;
-pub mod monitor;
 pub mod options;
 pub mod outbound;
+pub mod reload;
 pub mod server;
 pub mod subject;
 pub mod sublist;
+pub mod web;

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use router::cli::{normalize_args, Cli, Command};
+use router::logging;
 use router::options::Options;
+use router::reload::Reloader;
 use router::server::{Server, VERSION};
-use router::{logging, monitor};
+use router::web::monitor;
 
 /// mimalloc, when built with `--features mimalloc` (see docs/BENCHMARKS.md).
 #[cfg(feature = "mimalloc")]
@@ -33,10 +35,10 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::Bench(args)) => return router::bench::run(args),
+        Some(Command::Bench(args)) => return tern_bench::run(args),
         Some(Command::Keygen) => {
             let id = peer::ServerIdentity::generate();
-            println!("{}\n{}", id.seed(), id.public_key());
+            println!("seed: {}\npublic key: {}", id.seed(), id.public_key());
             return ExitCode::SUCCESS;
         }
         None => {}
@@ -46,11 +48,40 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let mut opts = Options::default();
-    if let Err(e) = router::config_file::load(&cli.server, &mut opts) {
-        eprintln!("tern: {e}");
-        return ExitCode::from(1);
+    let warnings = match router::config_file::load(&cli.server, &mut opts) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("tern: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(spec) = &cli.server.signal {
+        let pid_file = cli.server.pid.as_deref().or(opts.pid_file.as_deref());
+        return match router::control::send(spec, pid_file) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tern: {e}");
+                ExitCode::from(1)
+            }
+        };
     }
     if cli.server.test_config {
+        // A key Tern ignores fails the test (the server would start without
+        // that setting), as an unknown key fails nats-server's -t.
+        if !warnings.is_empty() {
+            for w in &warnings {
+                eprintln!("tern: {w}");
+            }
+            eprintln!(
+                "tern: configuration file {} test failed: {} option(s) Tern does not apply",
+                opts.config_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                warnings.len()
+            );
+            return ExitCode::from(1);
+        }
         println!(
             "tern: configuration file {} test is successful",
             opts.config_file
@@ -60,10 +91,14 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    for w in &warnings {
+        eprintln!("tern: warning: {w}");
+    }
     if let Err(e) = cli.server.apply(&mut opts).and_then(|()| opts.validate()) {
         eprintln!("tern: {e}");
         return ExitCode::from(1);
     }
+    let reloader = Reloader::new(cli.server.clone(), opts.clone());
     if let Err(e) = logging::init(opts.debug, opts.trace, opts.log_file.as_deref()) {
         eprintln!("tern: cannot open log file: {e}");
         return ExitCode::from(1);
@@ -72,10 +107,13 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(run(opts))
+    runtime.block_on(run(opts, reloader))
 }
 
-async fn run(mut opts: Options) -> ExitCode {
+async fn run(mut opts: Options, reloader: Reloader) -> ExitCode {
+    // Handlers first: a harness may signal as soon as the ports file exists,
+    // and SIGHUP/SIGUSR1 kill a process that has no handler yet.
+    let signals = Signals::install();
     let identity = match &opts.server_key_file {
         Some(path) => match peer::ServerIdentity::load_or_generate(path) {
             Ok((id, generated)) => {
@@ -158,7 +196,7 @@ async fn run(mut opts: Options) -> ExitCode {
     tracing::info!("Server is ready");
     let accept = tokio::spawn(server.clone().accept_loop(listener));
     router::memtrim::spawn(&server);
-    wait_for_signals(&server).await;
+    wait_for_signals(&server, signals, reloader).await;
     accept.abort();
     if let Some(c) = server.cluster.get() {
         c.shutdown();
@@ -174,23 +212,76 @@ async fn run(mut opts: Options) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Waits for SIGINT/SIGTERM (graceful shutdown) or SIGUSR2 (lame duck).
-async fn wait_for_signals(server: &Arc<Server>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut usr2 = signal(SignalKind::user_defined2()).expect("SIGUSR2 handler");
-    tokio::select! {
-        _ = int.recv() => tracing::info!("Trapped \"interrupt\" signal"),
-        _ = term.recv() => tracing::info!("Trapped \"terminated\" signal"),
-        _ = usr2.recv() => {
-            tracing::info!("Trapped \"user defined signal 2\" signal");
-            let s = server.clone();
-            let ldm = tokio::spawn(async move { s.lame_duck().await });
-            tokio::select! {
-                _ = ldm => return,
-                _ = int.recv() => {}
-                _ = term.recv() => {}
+/// The signals the server handles, registered at start-up.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            usr2: signal(SignalKind::user_defined2()).expect("SIGUSR2 handler"),
+            hup: signal(SignalKind::hangup()).expect("SIGHUP handler"),
+            usr1: signal(SignalKind::user_defined1()).expect("SIGUSR1 handler"),
+        }
+    }
+}
+
+/// Handles signals as nats-server does until the server is to stop:
+/// SIGINT/SIGTERM shut down gracefully, SIGUSR2 enters lame-duck mode (the
+/// server exits when it ends), SIGHUP reloads the config file, SIGUSR1
+/// reopens the log file (logrotate).
+async fn wait_for_signals(server: &Arc<Server>, signals: Signals, mut reloader: Reloader) {
+    let Signals {
+        mut int,
+        mut term,
+        mut usr2,
+        mut hup,
+        mut usr1,
+    } = signals;
+    let (ldm_done_tx, mut ldm_done) = tokio::sync::mpsc::channel::<()>(1);
+    let mut in_ldm = false;
+    loop {
+        tokio::select! {
+            _ = int.recv() => {
+                tracing::info!("Trapped \"interrupt\" signal");
+                break;
+            }
+            _ = term.recv() => {
+                tracing::info!("Trapped \"terminated\" signal");
+                break;
+            }
+            _ = usr2.recv(), if !in_ldm => {
+                tracing::info!("Trapped \"user defined signal 2\" signal");
+                in_ldm = true;
+                let s = server.clone();
+                let done = ldm_done_tx.clone();
+                tokio::spawn(async move {
+                    s.lame_duck().await;
+                    let _ = done.send(()).await;
+                });
+            }
+            _ = ldm_done.recv() => return,
+            _ = hup.recv() => {
+                tracing::info!("Trapped \"hangup\" signal");
+                if let Err(e) = reloader.reload(server) {
+                    tracing::error!("Failed to reload server configuration: {e}");
+                }
+            }
+            _ = usr1.recv() => {
+                tracing::info!("Trapped \"user defined signal 1\" signal");
+                match logging::reopen(None) {
+                    Ok(true) => tracing::info!("File log re-opened"),
+                    Ok(false) => tracing::info!("File log re-open ignored, not a file logger"),
+                    Err(e) => eprintln!("tern: cannot reopen log file: {e}"),
+                }
             }
         }
     }

@@ -40,6 +40,11 @@ pub struct Outbound {
     drained: Notify,
     /// Mirror of the buffer's length, so publishers can check it without the lock.
     len: AtomicUsize,
+    /// Bytes thrown away by [`Outbound::abort`], so a closed slow consumer
+    /// still shows in /connz what it had pending, as in nats-server.
+    aborted_pending: AtomicUsize,
+    /// Stops a write in progress at once when the connection is aborted.
+    abort_write: Notify,
 }
 
 /// Totals a writer reports when it finishes.
@@ -64,13 +69,23 @@ impl Outbound {
             closing: AtomicBool::new(false),
             drained: Notify::new(),
             len: AtomicUsize::new(0),
+            aborted_pending: AtomicUsize::new(0),
+            abort_write: Notify::new(),
         }
     }
 
-    /// Appends a protocol line or frame built by `write`, counting it as a
-    /// delivered message when `is_msg`. Wakes the writer if it was idle.
+    /// Appends a protocol line or frame built by `write`. A message frame
+    /// gives `msg_size`, the bytes nats-server counts for it (payload plus
+    /// headers, not the framing), and may be refused past `max_pending`;
+    /// protocol lines (`None`) are neither counted nor refused. Wakes the
+    /// writer if it was idle.
     #[inline]
-    pub fn push(&self, is_msg: bool, write: impl FnOnce(&mut BytesMut)) -> Result<(), PushError> {
+    pub fn push(
+        &self,
+        msg_size: Option<u64>,
+        write: impl FnOnce(&mut BytesMut),
+    ) -> Result<(), PushError> {
+        let is_msg = msg_size.is_some();
         let was_empty;
         {
             let mut p = self.pending.lock();
@@ -80,14 +95,13 @@ impl Outbound {
             was_empty = p.buf.is_empty();
             let before = p.buf.len();
             write(&mut p.buf);
-            let added = p.buf.len() - before;
             if p.buf.len() > self.max_pending && is_msg {
                 p.buf.truncate(before);
                 return Err(PushError::SlowConsumer);
             }
-            if is_msg {
+            if let Some(size) = msg_size {
                 p.msgs += 1;
-                p.bytes += added as u64;
+                p.bytes += size;
             }
             self.len.store(p.buf.len(), Ordering::Relaxed);
         }
@@ -112,9 +126,25 @@ impl Outbound {
         self.drained.notified().await
     }
 
+    /// The same signal as [`Outbound::drained`], as a future the caller can
+    /// `enable()` before retrying a push, so a drain that happens between the
+    /// failed push and the wait is not missed.
+    pub fn drained_signal(&self) -> tokio::sync::futures::Notified<'_> {
+        self.drained.notified()
+    }
+
     /// Bytes waiting to be written (for /connz `pending_bytes`).
     pub fn pending_bytes(&self) -> usize {
         self.len.load(Ordering::Relaxed)
+    }
+
+    /// Bytes pending when the connection closed: what [`Outbound::abort`]
+    /// dropped, or else what is still buffered.
+    pub fn pending_at_close(&self) -> usize {
+        match self.aborted_pending.load(Ordering::Relaxed) {
+            0 => self.pending_bytes(),
+            n => n,
+        }
     }
 
     /// Messages and bytes delivered into this buffer so far.
@@ -137,9 +167,15 @@ impl Outbound {
     pub fn abort(&self) {
         {
             let mut p = self.pending.lock();
+            if !p.closed && !p.buf.is_empty() {
+                self.aborted_pending.store(p.buf.len(), Ordering::Relaxed);
+            }
             p.buf.clear();
             p.closed = true;
+            self.len.store(0, Ordering::Relaxed);
         }
+        // A single permit: the writer sees it even if it is not waiting yet.
+        self.abort_write.notify_one();
         self.close();
     }
 
@@ -192,10 +228,16 @@ impl Outbound {
                 self.wake.notified().await;
                 continue;
             }
-            match tokio::time::timeout(deadline, sink.write_all(&spare)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(WriteFailure::Io),
-                Err(_) => return Err(WriteFailure::Deadline),
+            // An aborted connection (slow consumer) stops writing at once
+            // rather than after the write deadline, so its socket and its
+            // /connz entry are released as promptly as nats-server's.
+            tokio::select! {
+                res = tokio::time::timeout(deadline, sink.write_all(&spare)) => match res {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(WriteFailure::Io),
+                    Err(_) => return Err(WriteFailure::Deadline),
+                },
+                _ = self.abort_write.notified() => return Ok(()),
             }
             spare.clear();
             self.drained.notify_waiters();

@@ -1,7 +1,7 @@
 //! The server: accepts connections, owns the subscription trie and the
 //! table of clients, and coordinates shutdown and lame-duck mode.
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -72,6 +72,8 @@ pub struct ClosedClient {
     pub in_bytes: u64,
     pub out_msgs: u64,
     pub out_bytes: u64,
+    /// Bytes still queued for it when it closed (dropped, for a slow consumer).
+    pub pending_bytes: usize,
 }
 
 /// Server-wide message totals.
@@ -87,7 +89,13 @@ pub struct Traffic {
 
 /// Shared server state.
 pub struct Server {
+    /// The options the server started with. Settings a config reload can
+    /// change are read through [`Server::live`] instead.
     pub opts: Options,
+    /// The current options, replaced as a whole by a config reload (SIGHUP).
+    live: RwLock<Arc<Options>>,
+    /// Bumped by every reload, so a connection notices with one atomic load.
+    live_generation: AtomicU64,
     pub info: InfoBase,
     pub sublist: Sublist<SubRef>,
     /// Set once clustering has started.
@@ -105,6 +113,9 @@ pub struct Server {
     lame_duck: AtomicBool,
     /// Becomes true when the server stops accepting clients.
     stop_accepting: tokio::sync::watch::Sender<bool>,
+    /// Becomes true once the client listener is closed (new connections are
+    /// refused by the kernel from then on).
+    listener_closed: tokio::sync::watch::Sender<bool>,
     shutting_down: AtomicBool,
 }
 
@@ -128,6 +139,8 @@ impl Server {
             auth_required: opts.auth.required(),
         };
         Arc::new(Server {
+            live: RwLock::new(Arc::new(opts.clone())),
+            live_generation: AtomicU64::new(0),
             opts,
             info,
             sublist: Sublist::new(),
@@ -143,8 +156,25 @@ impl Server {
             next_sub: AtomicU64::new(1),
             lame_duck: AtomicBool::new(false),
             stop_accepting: tokio::sync::watch::Sender::new(false),
+            listener_closed: tokio::sync::watch::Sender::new(false),
             shutting_down: AtomicBool::new(false),
         })
+    }
+
+    /// The current options: those started with, as changed by config reloads.
+    pub fn live(&self) -> Arc<Options> {
+        self.live.read().clone()
+    }
+
+    /// Changes with every config reload; cheap to poll.
+    pub fn live_generation(&self) -> u64 {
+        self.live_generation.load(Ordering::Acquire)
+    }
+
+    /// Installs reloaded options (see `crate::reload`).
+    pub(crate) fn set_live(&self, opts: Options) {
+        *self.live.write() = Arc::new(opts);
+        self.live_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// A fresh subscription id.
@@ -159,7 +189,8 @@ impl Server {
         pass: &Option<String>,
         token: &Option<String>,
     ) -> bool {
-        let auth = &self.opts.auth;
+        let live = self.live();
+        let auth = &live.auth;
         if !auth.required() {
             return true;
         }
@@ -293,8 +324,13 @@ impl Server {
     }
 
     fn render_info(&self, client: &Client, connect_info: bool) -> Vec<u8> {
+        // A reload may have changed what the start-up INFO said.
+        let live = self.live();
+        let mut base = self.info.clone();
+        base.max_payload = live.max_payload;
+        base.auth_required = live.auth.required();
         let info = ClientInfo {
-            base: &self.info,
+            base: &base,
             client_id: client.cid,
             client_ip: client.addr.ip().to_string(),
             ldm: self.lame_duck.load(Ordering::Relaxed),
@@ -330,6 +366,7 @@ impl Server {
             in_bytes: client.in_bytes.load(Ordering::Relaxed),
             out_msgs: totals.msgs,
             out_bytes: totals.bytes,
+            pending_bytes: client.out.pending_at_close(),
         };
         let mut ring = self.closed.lock();
         if ring.len() >= CLOSED_RING {
@@ -352,22 +389,30 @@ impl Server {
         self.lame_duck.load(Ordering::Relaxed)
     }
 
-    /// Accepts clients on `listener` until shutdown.
+    /// Accepts clients on `listener` until shutdown, then closes it.
     pub async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        self.clone().accept_until_stopped(&listener).await;
+        drop(listener);
+        self.listener_closed.send_replace(true);
+    }
+
+    async fn accept_until_stopped(self: Arc<Self>, listener: &TcpListener) {
         let mut stop = self.stop_accepting.subscribe();
+        let mut backoff = transport::tcp::AcceptBackoff::new("client");
         loop {
             if *stop.borrow_and_update() {
                 return;
             }
             tokio::select! {
                 _ = stop.changed() => return,
-                res = transport::tcp::accept(&listener) => match res {
-                    Ok((stream, addr)) => self.clone().start_client(stream, addr),
-                    Err(e) => {
-                        tracing::error!(error = %e, "accept failed");
-                        // Out of descriptors: back off instead of spinning.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                res = transport::tcp::accept(listener) => match res {
+                    Ok((stream, addr)) => {
+                        backoff.succeeded();
+                        self.clone().start_client(stream, addr);
                     }
+                    // Out of descriptors: back off instead of spinning, and
+                    // keep the log readable.
+                    Err(e) => backoff.failed(&e).await,
                 }
             }
         }
@@ -378,11 +423,12 @@ impl Server {
             return; // dropping the stream closes it
         }
         let cid = self.next_cid.fetch_add(1, Ordering::Relaxed);
-        let client = Arc::new(Client::new(cid, addr, self.opts.max_pending));
+        let live = self.live();
+        let client = Arc::new(Client::new(cid, addr, live.max_pending));
         client.send_proto(&self.info_line(&client));
         {
             let mut clients = self.clients.lock();
-            let max = self.opts.max_connections;
+            let max = live.max_connections;
             if max > 0 && clients.len() >= max {
                 drop(clients);
                 tracing::error!(%addr, "maximum connections exceeded");
@@ -422,6 +468,10 @@ impl Server {
         }
         tracing::info!("Entering lame duck mode, stop accepting new clients");
         self.stop_accepting.send_replace(true);
+        // Clients told about lame duck mode must find the port closed, as on
+        // nats-server: wait for the listener to go before announcing it.
+        let mut closed = self.listener_closed.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(2), closed.wait_for(|c| *c)).await;
         let clients: Vec<Arc<Client>> = self.clients.lock().values().cloned().collect();
         if clients.is_empty() {
             // Nobody to warn or drain: shut down at once, as nats-server does.
@@ -435,12 +485,12 @@ impl Server {
         {
             c.send_proto(&self.info_line(c));
         }
-        tokio::time::sleep(self.opts.lame_duck_grace_period).await;
+        let live = self.live();
+        tokio::time::sleep(live.lame_duck_grace_period).await;
         let clients: Vec<Arc<Client>> = self.clients.lock().values().cloned().collect();
-        let span = self
-            .opts
+        let span = live
             .lame_duck_duration
-            .saturating_sub(self.opts.lame_duck_grace_period);
+            .saturating_sub(live.lame_duck_grace_period);
         let step = (span / clients.len().max(1) as u32).min(Duration::from_secs(1));
         let last = clients.len().saturating_sub(1);
         for (i, c) in clients.into_iter().enumerate() {

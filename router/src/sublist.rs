@@ -179,7 +179,32 @@ impl<T> Default for Node<T> {
     }
 }
 
+/// Frees a branch without recursion: the derived drop would recurse once per
+/// token, and a client-supplied subject can have a million of them (nats-server
+/// accepts such a SUB with `max_control_line: 8MB`), which overflows a runtime
+/// thread's stack and aborts the process.
+impl<T> Drop for Node<T> {
+    fn drop(&mut self) {
+        if self.num_children() == 0 {
+            return;
+        }
+        let mut stack: Vec<Node<T>> = Vec::new();
+        self.take_children(&mut stack);
+        while let Some(mut node) = stack.pop() {
+            node.take_children(&mut stack);
+            // `node` now has no children, so its own drop ends here.
+        }
+    }
+}
+
 impl<T> Node<T> {
+    /// Moves every child of this node onto `stack`.
+    fn take_children(&mut self, stack: &mut Vec<Node<T>>) {
+        stack.extend(self.literal.drain().map(|(_, n)| n));
+        stack.extend(self.pwc.take().map(|b| *b));
+        stack.extend(self.fwc.take().map(|b| *b));
+    }
+
     fn has_subs(&self) -> bool {
         !self.plain.is_empty() || !self.queues.is_empty()
     }
@@ -906,6 +931,33 @@ mod tests {
         // Linear per-node scans would take minutes here; allow generous slack
         // for unoptimised builds on a busy machine.
         assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    }
+
+    /// A million-token branch is inserted, matched, pruned and dropped on a
+    /// thread with a small stack: nothing may recurse per token.
+    #[test]
+    fn million_token_subjects_use_no_stack_per_token() {
+        let deep = vec!["a"; 1_000_000].join(".");
+        let run = move || {
+            let sl = Sublist::<Sub>::new();
+            sl.insert(deep.as_bytes(), None, Sub(1)).unwrap();
+            let wild = format!("{deep}.>");
+            sl.insert(wild.as_bytes(), Some(b"q"), Sub(2)).unwrap();
+            assert_eq!(ids(&sl.matches(deep.as_bytes())), vec![1]);
+            // Pruning the literal leaves the `>` branch; dropping the list
+            // frees that one.
+            assert!(sl.remove(deep.as_bytes(), None, 1));
+            assert_eq!(sl.count(), 1);
+            let other = format!("{}.b", vec!["a"; 500_000].join("."));
+            sl.insert(other.as_bytes(), None, Sub(3)).unwrap();
+            drop(sl);
+        };
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(run)
+            .unwrap()
+            .join()
+            .expect("deep subjects must not overflow the stack");
     }
 
     #[test]

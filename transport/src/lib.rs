@@ -4,5 +4,6 @@
 //! links between cluster nodes that move authenticated frames; what the
 //! frames mean is up to the router.
 
+pub mod flood;
 pub mod quic;
 pub mod tcp;

@@ -14,8 +14,9 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use peer::tls::{self, PinnedPeers};
@@ -38,13 +39,95 @@ pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Receive window of each stream (see `transport_config`).
 pub const STREAM_WINDOW: u32 = 512 * 1024;
 
-/// Keep-alive ping interval: keeps NAT bindings and idle links alive and lets
-/// the idle timeout below detect a dead peer quickly.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// Default keep-alive ping interval: keeps NAT bindings and idle links alive,
+/// and makes a dead peer's silence visible on an idle link within one
+/// interval (see [`QuicLink::is_suspect`]).
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_millis(250);
 
-/// A link with no packet from the peer for this long is dead (with 1 s
-/// keep-alives, that is about five missed pings).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default idle timeout: a link with no packet from the peer for this long
+/// is declared dead (four missed keep-alives). Suited to a LAN; raise it for
+/// links over lossy or congested networks.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often a link's watcher samples the connection's packet counters to
+/// decide whether the peer has gone silent.
+const WATCH_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Shortest silence after a sent packet that makes a peer suspect: the
+/// peer's ACK may legitimately take its `max_ack_delay` (25 ms by default)
+/// plus a round trip, plus one watcher interval of sampling slack.
+const MIN_SUSPECT_AFTER: Duration = Duration::from_millis(50);
+
+/// The peer's default `max_ack_delay` (RFC 9000, 25 ms), part of how long an
+/// answer may take.
+const PEER_ACK_DELAY: Duration = Duration::from_millis(25);
+
+/// Handshakes in progress above which a dialer must first prove it owns its
+/// address with a Retry round trip (stateless for this node), so a flood of
+/// Initials from spoofed or never-answering sources creates no connections.
+/// Below it, peers connect without the extra round trip.
+pub const RETRY_ABOVE_HANDSHAKES: usize = 16;
+
+/// Hard cap on handshakes in progress: beyond it new connection attempts are
+/// dropped unanswered, so even dialers that do prove their address cannot
+/// make the node hold more than this many half-made connections.
+pub const MAX_HANDSHAKES: usize = 128;
+
+/// Connection attempts quinn may queue before the acceptor takes them, and
+/// the bytes it may buffer for them: far below quinn's defaults (65,536
+/// attempts, 100 MiB), which are sized for public servers, not a cluster port.
+const MAX_INCOMING: usize = 2 * MAX_HANDSHAKES;
+const INCOMING_BUFFER: u64 = 64 * 1024;
+const INCOMING_BUFFER_TOTAL: u64 = 4 * 1024 * 1024;
+
+/// At most one log line per this interval summarises failed and refused
+/// handshakes, so a flood cannot turn into a flood of log lines.
+const HANDSHAKE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Streams a peer may have open at once. The router uses one control stream
+/// and a few message streams per direction; quinn sets up bookkeeping for
+/// every allowed stream when a connection is created, handshake or not, so
+/// these are kept small (1,024 cost ~40 KB per half-open handshake).
+const MAX_BIDI_STREAMS: u32 = 8;
+const MAX_UNI_STREAMS: u32 = 64;
+
+/// Timing of an endpoint's links: how often idle links ping and how long a
+/// silent peer is given before its link is declared lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkConfig {
+    /// Interval of keep-alive pings on idle links.
+    pub keep_alive: Duration,
+    /// Silence from the peer after which a link (or a handshake) is lost.
+    pub idle_timeout: Duration,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            keep_alive: DEFAULT_KEEP_ALIVE,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+impl LinkConfig {
+    /// Checks the settings: both non-zero, keep-alive shorter than the idle
+    /// timeout (else idle links time out between pings).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.keep_alive.is_zero() || self.idle_timeout.is_zero() {
+            return Err("keepalive and idle_timeout must be above zero".into());
+        }
+        if self.keep_alive >= self.idle_timeout {
+            return Err(format!(
+                "keepalive ({:?}) must be shorter than idle_timeout ({:?})",
+                self.keep_alive, self.idle_timeout
+            ));
+        }
+        IdleTimeout::try_from(self.idle_timeout)
+            .map_err(|_| format!("idle_timeout {:?} is too large", self.idle_timeout))?;
+        Ok(())
+    }
+}
 
 /// Longest wait for a handshake plus hello, so a half-open dial or a peer that
 /// never says hello cannot hang a caller.
@@ -240,14 +323,65 @@ fn hello_secret(conn: &quinn::Connection) -> Result<[u8; HELLO_SECRET_LEN], Stri
 /// Result of one accepted handshake, handed from the background acceptor.
 type Accepted = Result<(quinn::Connection, String), LinkError>;
 
+/// Counts of handshakes that did not become links, logged as one summary
+/// line per [`HANDSHAKE_LOG_INTERVAL`] instead of a line per attempt.
+#[derive(Default)]
+struct HandshakeLog {
+    failed: AtomicU64,
+    dropped: AtomicU64,
+    retried: AtomicU64,
+    last_error: std::sync::Mutex<Option<String>>,
+    /// Nothing was logged in the last interval: the next failure is logged
+    /// at once (a misconfigured peer shows up without delay).
+    quiet: AtomicBool,
+}
+
+impl HandshakeLog {
+    fn failed(&self, e: &LinkError) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        if self.quiet.swap(false, Ordering::Relaxed) {
+            tracing::warn!("cluster link handshake failed: {e}");
+            self.failed.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+        }
+    }
+
+    /// Logs what happened since the last call, if anything did.
+    fn flush(&self) {
+        let failed = self.failed.swap(0, Ordering::Relaxed);
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        let retried = self.retried.swap(0, Ordering::Relaxed);
+        let last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if failed == 0 && dropped == 0 && retried == 0 {
+            self.quiet.store(true, Ordering::Relaxed);
+            return;
+        }
+        tracing::warn!(
+            "cluster port in the last {}s: {failed} handshakes failed{}, {dropped} dropped \
+             (over {MAX_HANDSHAKES} in progress), {retried} asked to validate their address",
+            HANDSHAKE_LOG_INTERVAL.as_secs(),
+            last.map(|e| format!(" (last: {e})")).unwrap_or_default()
+        );
+    }
+}
+
 /// One node's UDP endpoint for cluster links: accepts links from peers and
 /// dials peers, with the same identity and allow-list both ways.
 pub struct QuicEndpoint {
     endpoint: quinn::Endpoint,
+    /// Shared with both TLS configs, so a new allow-list applies to the next handshake.
+    pinned: Arc<PinnedPeers>,
     accepted: Mutex<mpsc::Receiver<Accepted>>,
     acceptor: JoinHandle<()>,
+    logger: JoinHandle<()>,
     local_key: String,
     max_frame: usize,
+    keep_alive: Duration,
 }
 
 impl fmt::Debug for QuicEndpoint {
@@ -263,20 +397,20 @@ impl QuicEndpoint {
     /// Binds a UDP endpoint at `addr` for `identity`. Peers are accepted, and
     /// dialed peers trusted, only if their key is in `allowed_peers` (server
     /// public keys, `N...`); an empty list lets any node in (open cluster).
+    /// `config` sets keep-alive and idle timeout of every link.
     /// Must be called inside a Tokio runtime: a background task starts
     /// accepting at once, so handshakes run concurrently.
     pub fn bind(
         addr: SocketAddr,
         identity: &ServerIdentity,
         allowed_peers: Vec<String>,
+        config: LinkConfig,
     ) -> Result<QuicEndpoint, LinkError> {
+        config.validate().map_err(LinkError::Config)?;
         let pinned = Arc::new(
             PinnedPeers::new(&allowed_peers).map_err(|e| LinkError::Config(e.to_string()))?,
         );
-        if pinned.is_open() {
-            tracing::warn!("cluster allow-list is empty: any node may connect");
-        }
-        let transport = Arc::new(transport_config());
+        let transport = Arc::new(transport_config(&config));
 
         let mut server_tls =
             tls::server_config(identity, pinned.clone()).map_err(|e| LinkError::Config(e.0))?;
@@ -284,10 +418,14 @@ impl QuicEndpoint {
         let server_crypto =
             QuicServerConfig::try_from(server_tls).map_err(|e| LinkError::Config(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        server.transport_config(transport.clone());
+        server
+            .transport_config(transport.clone())
+            .max_incoming(MAX_INCOMING)
+            .incoming_buffer_size(INCOMING_BUFFER)
+            .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
 
         let mut client_tls =
-            tls::client_config(identity, pinned).map_err(|e| LinkError::Config(e.0))?;
+            tls::client_config(identity, pinned.clone()).map_err(|e| LinkError::Config(e.0))?;
         client_tls.alpn_protocols = vec![ALPN.to_vec()];
         let client_crypto =
             QuicClientConfig::try_from(client_tls).map_err(|e| LinkError::Config(e.to_string()))?;
@@ -305,14 +443,45 @@ impl QuicEndpoint {
         endpoint.set_default_client_config(client);
 
         let (tx, rx) = mpsc::channel(16);
-        let acceptor = tokio::spawn(accept_loop(endpoint.clone(), identity.clone(), tx));
+        let log = Arc::new(HandshakeLog::default());
+        log.quiet.store(true, Ordering::Relaxed);
+        let acceptor = tokio::spawn(accept_loop(
+            endpoint.clone(),
+            identity.clone(),
+            tx,
+            log.clone(),
+        ));
+        let logger = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HANDSHAKE_LOG_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                log.flush();
+            }
+        });
         Ok(QuicEndpoint {
             endpoint,
+            pinned,
             accepted: Mutex::new(rx),
             acceptor,
+            logger,
             local_key: identity.public_key(),
             max_frame: DEFAULT_MAX_FRAME,
+            keep_alive: config.keep_alive,
         })
+    }
+
+    /// Replaces the allowed peer keys (config reload); an empty list opens the
+    /// cluster. Links already up are not checked here: see [`PinnedPeers::allows`].
+    pub fn set_allowed_peers(&self, allowed_peers: &[String]) -> Result<(), LinkError> {
+        self.pinned
+            .set_allowed(allowed_peers)
+            .map_err(|e| LinkError::Config(e.to_string()))
+    }
+
+    /// Whether a node with this key may link (after the latest allow-list change).
+    pub fn allows_peer(&self, key: &str) -> bool {
+        self.pinned.allows(key)
     }
 
     /// The bound UDP address, e.g. to learn the port after binding port 0.
@@ -352,11 +521,12 @@ impl QuicEndpoint {
                 conn.close(VarInt::from_u32(1), b"bad hello");
                 return Err(e);
             }
-            Ok(QuicLink {
+            Ok(QuicLink::new(
                 conn,
                 peer_key,
-                max_frame: self.max_frame,
-            })
+                self.max_frame,
+                self.keep_alive,
+            ))
         };
         tokio::time::timeout(HANDSHAKE_TIMEOUT, setup)
             .await
@@ -364,20 +534,23 @@ impl QuicEndpoint {
     }
 
     /// The next link a peer dialed, already authenticated; `Some(Err(..))`
-    /// for a dial that failed (e.g. a refused key, worth a log line), `None`
-    /// once the endpoint is closed.
+    /// for a dial that failed (e.g. a refused key), `None` once the endpoint
+    /// is closed. Failures are also summarised in the log by the endpoint
+    /// (at most one line per interval), and dropped rather than queued when
+    /// nobody is taking them, so callers need not log them again.
     pub async fn accept(&self) -> Option<Result<QuicLink, LinkError>> {
         let next = self.accepted.lock().await.recv().await?;
-        Some(next.map(|(conn, peer_key)| QuicLink {
-            conn,
-            peer_key,
-            max_frame: self.max_frame,
-        }))
+        Some(
+            next.map(|(conn, peer_key)| {
+                QuicLink::new(conn, peer_key, self.max_frame, self.keep_alive)
+            }),
+        )
     }
 
     /// Closes every link with `reason` and stops accepting, for shutdown.
     pub fn close(&self, reason: &str) {
         self.acceptor.abort();
+        self.logger.abort();
         self.endpoint.close(VarInt::from_u32(0), reason.as_bytes());
     }
 
@@ -391,15 +564,16 @@ impl QuicEndpoint {
 impl Drop for QuicEndpoint {
     fn drop(&mut self) {
         self.acceptor.abort();
+        self.logger.abort();
     }
 }
 
-fn transport_config() -> TransportConfig {
+fn transport_config(config: &LinkConfig) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_idle_timeout(Some(
-        IdleTimeout::try_from(IDLE_TIMEOUT).expect("idle timeout fits"),
+        IdleTimeout::try_from(config.idle_timeout).expect("validated idle timeout"),
     ))
-    .keep_alive_interval(Some(KEEP_ALIVE))
+    .keep_alive_interval(Some(config.keep_alive))
     // The connection windows are large (64 MiB in flight per link is
     // affordable for a handful of peers; a connection window as small as one
     // big message starves the other streams). Each stream's window is small,
@@ -411,8 +585,8 @@ fn transport_config() -> TransportConfig {
     .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
     .receive_window(VarInt::from_u32(64 * 1024 * 1024))
     .send_window(64 * 1024 * 1024)
-    .max_concurrent_bidi_streams(VarInt::from_u32(64))
-    .max_concurrent_uni_streams(VarInt::from_u32(1024));
+    .max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS))
+    .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS));
     let mut ack = AckFrequencyConfig::default();
     ack.ack_eliciting_threshold(VarInt::from_u32(32));
     t.ack_frequency_config(Some(ack));
@@ -439,15 +613,40 @@ fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
+/// Takes connection attempts off the endpoint and decides each at once:
+/// handshake (below [`RETRY_ABOVE_HANDSHAKES`] in progress, or from a dialer
+/// that proved its address), Retry (stateless: costs one packet), or drop
+/// (at [`MAX_HANDSHAKES`]). Every handshake runs in its own task.
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     identity: ServerIdentity,
     tx: mpsc::Sender<Accepted>,
+    log: Arc<HandshakeLog>,
 ) {
     let identity = Arc::new(identity);
+    let in_progress = Arc::new(AtomicUsize::new(0));
     while let Some(incoming) = endpoint.accept().await {
+        let busy = in_progress.load(Ordering::Relaxed);
+        if busy >= MAX_HANDSHAKES {
+            log.dropped.fetch_add(1, Ordering::Relaxed);
+            incoming.ignore();
+            continue;
+        }
+        if busy >= RETRY_ABOVE_HANDSHAKES
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            log.retried.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().ignore();
+            }
+            continue;
+        }
+        in_progress.fetch_add(1, Ordering::Relaxed);
+        let slot = HandshakeSlot(in_progress.clone());
         let tx = tx.clone();
         let identity = identity.clone();
+        let log = log.clone();
         tokio::spawn(async move {
             let addr = incoming.remote_address();
             let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
@@ -463,11 +662,29 @@ async fn accept_loop(
             })
             .await
             .unwrap_or(Err(LinkError::Timeout { addr }));
-            if let Err(e) = &result {
-                tracing::debug!("cluster link from {addr} failed: {e}");
+            drop(slot);
+            match &result {
+                Ok(_) => {
+                    // A link is rare and precious: wait for room to hand it over.
+                    let _ = tx.send(result).await;
+                }
+                Err(e) => {
+                    tracing::debug!("cluster link from {addr} failed: {e}");
+                    log.failed(e);
+                    // Failures are dropped when nobody takes them in time.
+                    let _ = tx.try_send(result);
+                }
             }
-            let _ = tx.send(result).await;
         });
+    }
+}
+
+/// One handshake in progress, counted until dropped.
+struct HandshakeSlot(Arc<AtomicUsize>);
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -520,12 +737,103 @@ fn nkeys_verify(peer_key: &str, data: &[u8], signature: &[u8]) -> Result<(), Str
 }
 
 /// An authenticated link to one peer node. Cheap to clone (all clones share
-/// the connection), so reader and writer tasks can each hold one.
+/// the connection), so reader and writer tasks can each hold one. Dropping
+/// the last clone closes the connection.
 #[derive(Clone)]
 pub struct QuicLink {
-    conn: quinn::Connection,
+    shared: Arc<LinkShared>,
     peer_key: String,
     max_frame: usize,
+}
+
+/// What all clones of a link share; a watcher task holds it only weakly, so
+/// it never keeps a dropped link open.
+struct LinkShared {
+    conn: quinn::Connection,
+    suspect: AtomicBool,
+    /// The first half of the suspicion rule alone (see [`QuicLink::is_unanswered`]).
+    unanswered: AtomicBool,
+}
+
+/// Watches one link's packet counters: the peer is suspect while something
+/// this node sent (a packet that asks for an acknowledgement: data, a ping,
+/// a retransmission) has gone unanswered for longer than an answer can take
+/// (`patience`), and nothing at all has arrived from the peer for longer
+/// than one keep-alive interval plus that. The second condition is needed
+/// because quinn's peers, asked to acknowledge only every 32 packets, were
+/// measured answering a lone packet or keep-alive ping after 60 ms to 250 ms
+/// (often only with their own next ping): the first rule alone made healthy
+/// idle links suspect about 3 % of the time. A live peer sends something at
+/// least once per keep-alive interval, so silence beyond it means trouble.
+/// Ends when the link is closed or dropped.
+async fn watch_link(shared: Weak<LinkShared>, keep_alive: Duration) {
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_rx = 0;
+    let mut last_sent = 0;
+    let mut waiting_since: Option<Instant> = None;
+    let mut last_rx_at = Instant::now();
+    loop {
+        tick.tick().await;
+        let Some(link) = shared.upgrade() else { return };
+        if link.conn.close_reason().is_some() {
+            link.suspect.store(true, Ordering::Relaxed);
+            link.unanswered.store(true, Ordering::Relaxed);
+            return;
+        }
+        let stats = link.conn.stats();
+        let now = Instant::now();
+        let rx = stats.udp_rx.datagrams;
+        let sent = ack_eliciting_frames(&stats.frame_tx);
+        if rx != last_rx {
+            last_rx = rx;
+            last_rx_at = now;
+            waiting_since = None;
+        }
+        if sent != last_sent {
+            last_sent = sent;
+            waiting_since.get_or_insert(now);
+        }
+        let patience =
+            (stats.path.rtt * 3 + PEER_ACK_DELAY + WATCH_INTERVAL * 2).max(MIN_SUSPECT_AFTER);
+        let unanswered = waiting_since.is_some_and(|t| now.duration_since(t) > patience);
+        link.unanswered.store(unanswered, Ordering::Relaxed);
+        let suspect = unanswered && now.duration_since(last_rx_at) > keep_alive + patience;
+        if link.suspect.swap(suspect, Ordering::Relaxed) != suspect {
+            tracing::debug!(
+                peer = %link.conn.remote_address(),
+                "cluster peer {}",
+                if suspect { "silent: suspect" } else { "answering again" }
+            );
+        }
+    }
+}
+
+/// Frames sent that the peer must acknowledge (all but ACK, PADDING and
+/// CONNECTION_CLOSE), so their count moving means an answer is due.
+fn ack_eliciting_frames(f: &quinn::FrameStats) -> u64 {
+    f.ack_frequency
+        + f.crypto
+        + f.data_blocked
+        + f.datagram
+        + u64::from(f.handshake_done)
+        + f.immediate_ack
+        + f.max_data
+        + f.max_stream_data
+        + f.max_streams_bidi
+        + f.max_streams_uni
+        + f.new_connection_id
+        + f.new_token
+        + f.path_challenge
+        + f.path_response
+        + f.ping
+        + f.reset_stream
+        + f.retire_connection_id
+        + f.stream_data_blocked
+        + f.streams_blocked_bidi
+        + f.streams_blocked_uni
+        + f.stop_sending
+        + f.stream
 }
 
 impl fmt::Debug for QuicLink {
@@ -538,6 +846,51 @@ impl fmt::Debug for QuicLink {
 }
 
 impl QuicLink {
+    /// Wraps an authenticated connection and starts its watcher (inside a
+    /// Tokio runtime).
+    fn new(
+        conn: quinn::Connection,
+        peer_key: String,
+        max_frame: usize,
+        keep_alive: Duration,
+    ) -> QuicLink {
+        let shared = Arc::new(LinkShared {
+            conn,
+            suspect: AtomicBool::new(false),
+            unanswered: AtomicBool::new(false),
+        });
+        tokio::spawn(watch_link(Arc::downgrade(&shared), keep_alive));
+        QuicLink {
+            shared,
+            peer_key,
+            max_frame,
+        }
+    }
+
+    /// Whether the peer looks dead: something sent to it has gone unanswered
+    /// for longer than max(3 × RTT + 45 ms, 50 ms) and nothing has arrived
+    /// from it for a keep-alive interval plus that (about 300 ms with the
+    /// defaults), or the link is closed. Clears as soon as anything arrives
+    /// from the peer. Long before
+    /// the idle timeout declares the link lost, a router can stop choosing
+    /// this peer (e.g. for queue delivery). Cheap: one atomic load, fine on
+    /// the publish path. Sampled every 10 ms; a node starved of CPU may see
+    /// its peers briefly suspect.
+    pub fn is_suspect(&self) -> bool {
+        self.shared.suspect.load(Ordering::Relaxed)
+    }
+
+    /// The quick, noisy half of [`QuicLink::is_suspect`]: something sent has
+    /// gone unanswered for longer than an answer takes (max(3 × RTT + the
+    /// peer's ACK delay, 50 ms)). A dead peer shows this within about 50 ms
+    /// of the next packet sent to it; a healthy idle one also now and then
+    /// (its acknowledgements can lag by up to a keep-alive interval). Good for
+    /// preferring another peer when any will do (a queue group member
+    /// elsewhere), never for acting against this one. One atomic load.
+    pub fn is_unanswered(&self) -> bool {
+        self.shared.unanswered.load(Ordering::Relaxed)
+    }
+
     /// The remote node's public key (`N...`), verified by TLS and the hello:
     /// the identity routing should use, never the address.
     pub fn peer_key(&self) -> &str {
@@ -546,25 +899,30 @@ impl QuicLink {
 
     /// The remote UDP address (may change if the peer migrates).
     pub fn remote_addr(&self) -> SocketAddr {
-        self.conn.remote_address()
+        self.shared.conn.remote_address()
     }
 
     /// Current smoothed round-trip time, for monitoring and route choice.
     pub fn rtt(&self) -> Duration {
-        self.conn.rtt()
+        self.shared.conn.rtt()
     }
 
     /// Opens a bidirectional control stream. The peer's
     /// [`accept_control`](Self::accept_control) sees it only once the first
     /// frame is sent. Its sends take priority over message streams.
     pub async fn open_control(&self) -> Result<ControlStream, LinkError> {
-        let (send, recv) = self.conn.open_bi().await.map_err(LinkError::Lost)?;
+        let (send, recv) = self.shared.conn.open_bi().await.map_err(LinkError::Lost)?;
         Ok(self.control(send, recv))
     }
 
     /// Waits for the peer to open a control stream.
     pub async fn accept_control(&self) -> Result<ControlStream, LinkError> {
-        let (send, recv) = self.conn.accept_bi().await.map_err(LinkError::Lost)?;
+        let (send, recv) = self
+            .shared
+            .conn
+            .accept_bi()
+            .await
+            .map_err(LinkError::Lost)?;
         Ok(self.control(send, recv))
     }
 
@@ -580,30 +938,37 @@ impl QuicLink {
     /// wait for each other, so a large message on one stream does not delay
     /// small ones on another. The peer sees it once the first frame is sent.
     pub async fn open_uni(&self) -> Result<FrameSender, LinkError> {
-        let send = self.conn.open_uni().await.map_err(LinkError::Lost)?;
+        let send = self.shared.conn.open_uni().await.map_err(LinkError::Lost)?;
         Ok(FrameSender::new(send, self.max_frame))
     }
 
     /// Waits for the peer to open a message stream (in the order opened).
     pub async fn accept_uni(&self) -> Result<FrameReceiver, LinkError> {
-        let recv = self.conn.accept_uni().await.map_err(LinkError::Lost)?;
+        let recv = self
+            .shared
+            .conn
+            .accept_uni()
+            .await
+            .map_err(LinkError::Lost)?;
         Ok(FrameReceiver::new(recv, self.max_frame))
     }
 
     /// Closes the link at once; the peer sees [`LinkError::Lost`] with
     /// `reason`. Unacknowledged data in flight is dropped.
     pub fn close(&self, reason: &str) {
-        self.conn.close(VarInt::from_u32(0), reason.as_bytes());
+        self.shared
+            .conn
+            .close(VarInt::from_u32(0), reason.as_bytes());
     }
 
     /// Resolves when the link is gone, with why, so a supervisor can redial.
     pub async fn closed(&self) -> LinkError {
-        LinkError::Lost(self.conn.closed().await)
+        LinkError::Lost(self.shared.conn.closed().await)
     }
 
     /// Why the link is gone, or `None` while it is up.
     pub fn close_reason(&self) -> Option<LinkError> {
-        self.conn.close_reason().map(LinkError::Lost)
+        self.shared.conn.close_reason().map(LinkError::Lost)
     }
 }
 

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use peer::ServerIdentity;
-use transport::quic::{LinkError, QuicEndpoint};
+use transport::quic::{LinkConfig, LinkError, QuicEndpoint, QuicLink};
 
 const LIMIT: Duration = Duration::from_secs(15);
 
@@ -24,6 +24,7 @@ fn node(id: &ServerIdentity, allowed: &[&ServerIdentity]) -> QuicEndpoint {
         loopback(),
         id,
         allowed.iter().map(|p| p.public_key()).collect(),
+        LinkConfig::default(),
     )
     .unwrap()
 }
@@ -248,7 +249,8 @@ async fn oversized_frames_are_refused() {
 #[tokio::test]
 async fn bad_allow_list_is_a_config_error() {
     let id = ServerIdentity::generate();
-    let err = QuicEndpoint::bind(loopback(), &id, vec!["NOPE".into()]).unwrap_err();
+    let err = QuicEndpoint::bind(loopback(), &id, vec!["NOPE".into()], LinkConfig::default())
+        .unwrap_err();
     assert!(matches!(err, LinkError::Config(_)), "{err:?}");
 }
 
@@ -271,43 +273,219 @@ async fn dialing_nobody_fails_within_the_timeout() {
     .await;
 }
 
+/// Link timing of the silence tests: an idle timeout long enough that
+/// "suspect before lost" is an ordering no loaded machine can invert.
+const SLOW_IDLE: LinkConfig = LinkConfig {
+    keep_alive: Duration::from_millis(250),
+    idle_timeout: Duration::from_secs(5),
+};
+
+/// Waits (bounded by the test's limit) until `link.is_suspect()` is `want`.
+async fn until_suspect(link: &QuicLink, want: bool) {
+    while link.is_suspect() != want {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A runtime of its own for node B, with one worker, so that B can be made
+/// silent (the worker blocked or the runtime stopped) while A keeps running.
+fn b_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Binds B on `rt` and links A to it; returns B's endpoint, B's side of the
+/// link, and A's side.
+async fn link_to_b(
+    rt: &tokio::runtime::Runtime,
+    a: &QuicEndpoint,
+    a_id: &ServerIdentity,
+    b_id: &ServerIdentity,
+    config: LinkConfig,
+) -> (std::sync::Arc<QuicEndpoint>, QuicLink, QuicLink) {
+    let b_id2 = b_id.clone();
+    let a_key = a_id.public_key();
+    let (b, b_addr) = rt
+        .spawn(async move {
+            let b = QuicEndpoint::bind(loopback(), &b_id2, vec![a_key], config).unwrap();
+            let addr = b.local_addr().unwrap();
+            (b, addr)
+        })
+        .await
+        .unwrap();
+    let b = std::sync::Arc::new(b);
+    let b2 = b.clone();
+    let accepted = rt.spawn(async move { b2.accept().await.unwrap().unwrap() });
+    let ab = a.connect(b_addr).await.unwrap();
+    let ba = accepted.await.unwrap();
+    (b, ba, ab)
+}
+
 #[tokio::test]
-async fn silent_peer_is_noticed_as_lost() {
+async fn silent_peer_is_suspect_at_once_and_lost_after_the_idle_timeout() {
+    bounded(async {
+        let a_id = ServerIdentity::generate();
+        let b_id = ServerIdentity::generate();
+        let a = QuicEndpoint::bind(loopback(), &a_id, vec![b_id.public_key()], SLOW_IDLE).unwrap();
+        let rt = b_runtime();
+        let (b, ba, ab) = link_to_b(&rt, &a, &a_id, &b_id, SLOW_IDLE).await;
+        // A healthy idle link, pinging both ways, is not suspect.
+        let mut ctl = ab.open_control().await.unwrap();
+        ctl.send_frame(b"hi").await.unwrap();
+        until_suspect(&ab, false).await;
+
+        // B's runtime is stopped without any goodbye: to A, B's machine
+        // just went silent (like `kill -9` or a pulled cable).
+        std::mem::forget(ba);
+        std::mem::forget(b);
+        rt.shutdown_background();
+        let started = std::time::Instant::now();
+
+        // Keep sending, as a publisher would: the quick signal comes first.
+        while !ab.is_unanswered() {
+            let _ = ctl.send_frame(b"anyone?").await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let unanswered_after = started.elapsed();
+        until_suspect(&ab, true).await;
+        let suspect_after = started.elapsed();
+        assert!(unanswered_after <= suspect_after);
+        assert!(
+            ab.close_reason().is_none(),
+            "suspect before the idle timeout declares the link lost"
+        );
+        let lost = ab.closed().await;
+        let lost_after = started.elapsed();
+        eprintln!(
+            "silent peer: unanswered after {unanswered_after:?}, suspect after \
+             {suspect_after:?}, lost after {lost_after:?}: {lost}"
+        );
+        assert!(matches!(lost, LinkError::Lost(_)), "{lost:?}");
+        assert!(lost.to_string().ends_with("timed out"), "{lost}");
+        assert!(ab.is_suspect(), "a lost link stays suspect");
+        assert!(ab.is_unanswered(), "and unanswered");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stalled_peer_is_suspect_until_it_answers_again() {
+    bounded(async {
+        let a_id = ServerIdentity::generate();
+        let b_id = ServerIdentity::generate();
+        let a = QuicEndpoint::bind(loopback(), &a_id, vec![b_id.public_key()], SLOW_IDLE).unwrap();
+        let rt = b_runtime();
+        let (_b, ba, ab) = link_to_b(&rt, &a, &a_id, &b_id, SLOW_IDLE).await;
+        let mut a_out = ab.open_uni().await.unwrap();
+        a_out.send_frame(b"before").await.unwrap();
+        let mut b_in = rt
+            .spawn({
+                let ba = ba.clone();
+                async move { ba.accept_uni().await.unwrap() }
+            })
+            .await
+            .unwrap();
+        until_suspect(&ab, false).await;
+
+        // B's only worker blocks until told to go on: B reads nothing and
+        // answers nothing meanwhile, while A keeps sending.
+        let (resume, wait) = std::sync::mpsc::channel::<()>();
+        rt.spawn(async move {
+            let _ = wait.recv_timeout(LIMIT);
+        });
+        a_out.send_frame(b"during").await.unwrap();
+        let sent = std::time::Instant::now();
+        until_suspect(&ab, true).await;
+        eprintln!(
+            "stalled peer: suspect {:?} after a frame went unanswered",
+            sent.elapsed()
+        );
+        assert!(ab.close_reason().is_none());
+
+        resume.send(()).unwrap();
+        until_suspect(&ab, false).await;
+        let got = rt
+            .spawn(async move {
+                let first = b_in.recv_frame().await.unwrap().unwrap();
+                let second = b_in.recv_frame().await.unwrap().unwrap();
+                (first, second)
+            })
+            .await
+            .unwrap();
+        assert_eq!((&got.0[..], &got.1[..]), (&b"before"[..], &b"during"[..]));
+        assert!(
+            ab.close_reason().is_none(),
+            "a stall shorter than the idle timeout keeps the link"
+        );
+        rt.shutdown_background();
+    })
+    .await;
+}
+
+#[test]
+fn link_config_is_checked() {
+    let id = ServerIdentity::generate();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    for bad in [
+        LinkConfig {
+            keep_alive: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(1),
+        },
+        LinkConfig {
+            keep_alive: Duration::ZERO,
+            idle_timeout: Duration::from_secs(1),
+        },
+    ] {
+        let err = QuicEndpoint::bind(loopback(), &id, vec![], bad).unwrap_err();
+        assert!(matches!(err, LinkError::Config(_)), "{err:?}");
+    }
+    let d = LinkConfig::default();
+    assert!(d.keep_alive < d.idle_timeout && d.idle_timeout <= Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_links_during_a_handshake_flood() {
     bounded(async {
         let a_id = ServerIdentity::generate();
         let b_id = ServerIdentity::generate();
         let a = node(&a_id, &[&b_id]);
-        // B lives on its own runtime, which is then stopped without any
-        // goodbye: to A, B's machine just went silent.
-        let b_runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let b_id2 = b_id.clone();
-        let a_key = a_id.public_key();
-        let (b, b_addr) = b_runtime
-            .spawn(async move {
-                let b = QuicEndpoint::bind(loopback(), &b_id2, vec![a_key]).unwrap();
-                let addr = b.local_addr().unwrap();
-                (b, addr)
-            })
-            .await
-            .unwrap();
-        let b = std::sync::Arc::new(b);
-        let b2 = b.clone();
-        let accepted = b_runtime.spawn(async move { b2.accept().await.unwrap().unwrap() });
-        let ab = a.connect(b_addr).await.unwrap();
-        let ba = accepted.await.unwrap();
-        std::mem::forget(ba);
-        std::mem::forget(b);
-        b_runtime.shutdown_background();
-
-        let started = std::time::Instant::now();
-        let lost = ab.closed().await;
-        eprintln!("noticed after {:?}: {lost}", started.elapsed());
-        assert!(matches!(lost, LinkError::Lost(_)), "{lost:?}");
-        assert!(lost.to_string().ends_with("timed out"), "{lost}");
+        let b = node(&b_id, &[&a_id]);
+        let b_addr = b.local_addr().unwrap();
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let sent = std::sync::Arc::new(AtomicU64::new(0));
+        let flood = std::thread::spawn({
+            let (stop, sent) = (stop.clone(), sent.clone());
+            move || transport::flood::flood(b_addr, 1_000_000, 0, &stop, &sent)
+        });
+        // Once the flood has pushed B past its limits, A, which completes
+        // the address validation, still links and exchanges data.
+        while sent.load(Ordering::Relaxed) < 2_000 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let accept_link = async {
+            loop {
+                match b.accept().await.expect("endpoint open") {
+                    Ok(link) => return link,
+                    Err(e) => assert!(!matches!(e, LinkError::RefusedPeer { .. }), "{e}"),
+                }
+            }
+        };
+        let (dialed, ba) = tokio::join!(a.connect(b_addr), accept_link);
+        stop.store(true, Ordering::Relaxed);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let report = flood.join().unwrap().unwrap();
+        eprintln!("flood while linking: {report:?}");
+        let ab = dialed.unwrap();
+        let mut out = ab.open_uni().await.unwrap();
+        out.send_frame(b"through").await.unwrap();
+        let mut inb = ba.accept_uni().await.unwrap();
+        assert_eq!(&inb.recv_frame().await.unwrap().unwrap()[..], b"through");
+        assert!(report.sent > 0 && report.answers > 0, "{report:?}");
     })
     .await;
 }

@@ -8,6 +8,7 @@
 //! each message once cluster-wide: a local member is preferred, otherwise one
 //! node with a member is chosen.
 
+mod reload;
 pub mod wire;
 
 use bytes::Bytes;
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
-use transport::quic::{FrameReceiver, FrameSender, LinkError, QuicEndpoint, QuicLink};
+use transport::quic::{FrameReceiver, FrameSender, LinkConfig, LinkError, QuicEndpoint, QuicLink};
 
 use crate::outbound::{Outbound, PushError};
 use crate::server::Server;
@@ -45,6 +46,10 @@ const RETIRE_GRACE: Duration = Duration::from_secs(2);
 /// Failed dials in a row after which a route learned by gossip is dropped.
 const IMPLICIT_ATTEMPTS: u32 = 10;
 
+/// How refusals of a second process with the same node key begin, on the
+/// refusing node's log and in the close reason the refused node logs.
+const DUPLICATE_KEY: &str = "duplicate node key";
+
 /// Cluster name used when none is configured, so nodes started without
 /// `--cluster_name` still agree.
 pub const DEFAULT_CLUSTER_NAME: &str = "tern";
@@ -63,6 +68,9 @@ pub struct ClusterOptions {
     pub no_advertise: bool,
     /// Public keys (`N...`) allowed to link; empty means any node.
     pub peers: Vec<String>,
+    /// Keep-alive and idle timeout of links (`cluster { keepalive,
+    /// idle_timeout }`): how fast a dead peer is declared dead.
+    pub link: LinkConfig,
 }
 
 impl ClusterOptions {
@@ -192,19 +200,67 @@ impl Link {
         }
     }
 
-    fn send_msg(&self, publisher: u64, msg: &RoutedMsg) {
-        let stream = &self.streams[publisher as usize % self.streams.len()];
-        let size = msg.payload.len() + msg.headers.as_ref().map_or(0, |h| h.len());
-        match stream.push(true, |b| wire::append_to_batch(b, msg)) {
+    fn stream_for(&self, publisher: u64) -> &Outbound {
+        &self.streams[publisher as usize % self.streams.len()]
+    }
+
+    /// Queues a message on the publisher's stream without waiting.
+    fn send_msg(&self, publisher: u64, msg: &RoutedMsg) -> SendStatus {
+        let size = (msg.payload.len() + msg.headers.as_ref().map_or(0, |h| h.len())) as u64;
+        match self
+            .stream_for(publisher)
+            .push(Some(size), |b| wire::append_to_batch(b, msg))
+        {
             Ok(()) => {
                 self.out_msgs.fetch_add(1, Ordering::Relaxed);
-                self.out_bytes.fetch_add(size as u64, Ordering::Relaxed);
+                self.out_bytes.fetch_add(size, Ordering::Relaxed);
+                SendStatus::Sent(size)
             }
-            Err(PushError::SlowConsumer) | Err(PushError::Closed) => {
-                if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::warn!(peer = %self.node_id, "cluster link is behind, dropping messages");
-                }
+            Err(PushError::SlowConsumer) => SendStatus::Full,
+            Err(PushError::Closed) => {
+                self.count_dropped("link closed");
+                SendStatus::Closed
             }
+        }
+    }
+
+    /// Queues a message once the publisher's stream has room: a busy link
+    /// pushes back on the publisher (its reader waits, so TCP pushes back on
+    /// the client) instead of dropping, as a TCP route does on nats-server.
+    /// Only a link that takes nothing for `wait` (the write deadline) loses
+    /// the message, and is closed as a slow consumer; a closed link drops it.
+    /// Returns the bytes queued, `None` if the message was dropped.
+    async fn send_waiting(&self, publisher: u64, msg: &RoutedMsg, wait: Duration) -> Option<u64> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let stream = self.stream_for(publisher);
+        loop {
+            let drained = stream.drained_signal();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            match self.send_msg(publisher, msg) {
+                SendStatus::Sent(size) => return Some(size),
+                SendStatus::Closed => return None,
+                SendStatus::Full => {}
+            }
+            if self.quic.close_reason().is_some() {
+                self.count_dropped("link closed");
+                return None;
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                tracing::error!(
+                    peer = %self.node_id,
+                    "cluster link took nothing for {wait:?} (write deadline): closing it as a slow consumer"
+                );
+                self.count_dropped("slow link");
+                self.quic.close("slow consumer: write deadline exceeded");
+                return None;
+            }
+        }
+    }
+
+    fn count_dropped(&self, why: &str) {
+        if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(peer = %self.node_id, "dropping messages for cluster peer: {why}");
         }
     }
 
@@ -242,6 +298,41 @@ impl Link {
     }
 }
 
+/// What became of a message handed to a link.
+enum SendStatus {
+    /// Queued; its payload-and-header bytes.
+    Sent(u64),
+    /// The stream is at its limit: wait for it to drain (`Link::send_waiting`).
+    Full,
+    /// The link is closing; the message was dropped and counted.
+    Closed,
+}
+
+/// Messages a publisher must wait to hand to busy links (see
+/// [`Cluster::forward`]).
+#[derive(Default)]
+pub struct Blocked(Vec<(Arc<Link>, RoutedMsg)>);
+
+impl Blocked {
+    /// Whether no link pushed back.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Hands every message over once its link has room, waiting at most the
+    /// write deadline `wait` per link. Returns the messages and bytes queued.
+    pub async fn send(self, publisher: u64, wait: Duration) -> (u64, u64) {
+        let (mut msgs, mut bytes) = (0, 0);
+        for (link, msg) in self.0 {
+            if let Some(size) = link.send_waiting(publisher, &msg, wait).await {
+                msgs += 1;
+                bytes += size;
+            }
+        }
+        (msgs, bytes)
+    }
+}
+
 fn queue_of(q: &Bytes) -> Option<&[u8]> {
     (!q.is_empty()).then_some(&q[..])
 }
@@ -259,6 +350,16 @@ pub struct Cluster {
     local: Mutex<HashMap<(Bytes, Bytes), u32>>,
     /// Cluster URLs with a dial loop running.
     dialing: Mutex<HashSet<String>>,
+    /// When each (key, address) refused as a duplicate key was last logged.
+    conflicts_logged: Mutex<HashMap<(String, SocketAddr), std::time::Instant>>,
+    /// The configured routes now (a config reload may change them); a dial
+    /// loop for a route no longer listed ends.
+    routes: Mutex<Vec<String>>,
+    /// The link each configured route's dial loop is running, to close it
+    /// when the route is removed.
+    route_links: Mutex<HashMap<String, QuicLink>>,
+    /// The allowed peer keys now, sorted (a config reload may change them).
+    current_peers: Mutex<Vec<String>>,
     my_cluster_url: String,
     my_client_url: String,
     stopping: AtomicBool,
@@ -277,7 +378,7 @@ impl Cluster {
         client_url: String,
     ) -> Result<Arc<Cluster>, LinkError> {
         let listen = opts.listen.expect("cluster listen address");
-        let mut endpoint = QuicEndpoint::bind(listen, identity, opts.peers.clone())?;
+        let mut endpoint = QuicEndpoint::bind(listen, identity, opts.peers.clone(), opts.link)?;
         // A batch frame holds up to a stream's pending bytes plus one message.
         let stream_max = STREAM_MAX_PENDING.max(2 * server.opts.max_payload);
         endpoint.set_max_frame(stream_max + server.opts.max_payload + 64 * 1024);
@@ -294,6 +395,14 @@ impl Cluster {
             by_node: Mutex::new(HashMap::new()),
             local: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashSet::new()),
+            conflicts_logged: Mutex::new(HashMap::new()),
+            routes: Mutex::new(opts.routes.clone()),
+            route_links: Mutex::new(HashMap::new()),
+            current_peers: Mutex::new({
+                let mut p = opts.peers.clone();
+                p.sort();
+                p
+            }),
             my_cluster_url,
             my_client_url: if opts.no_advertise {
                 String::new()
@@ -308,9 +417,7 @@ impl Cluster {
         tracing::info!("Cluster name is {}", cluster.opts.name);
         tracing::info!("Listening for route connections on {bound} (QUIC)");
         if cluster.opts.peers.is_empty() {
-            tracing::warn!(
-                "cluster has no `authorization {{ peers }}` list: ANY node that reaches {bound} may join"
-            );
+            warn_open(bound);
         }
         tokio::spawn(cluster.clone().accept_loop());
         for route in cluster.opts.routes.clone() {
@@ -383,7 +490,12 @@ impl Cluster {
 
     /// Sends a locally published message to every peer with matching interest.
     /// `local_queues` are the queue groups already served on this node.
-    /// Returns whether any peer was sent the message.
+    /// Returns whether any peer was sent the message, and what was queued
+    /// (the server totals count messages sent to peers, as nats-server's
+    /// /varz counts messages sent on routes). Messages for links that are
+    /// full land in `blocked`, which the publisher must then
+    /// [`Blocked::send`] before it reads on.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         publisher: u64,
@@ -392,41 +504,145 @@ impl Cluster {
         headers: Option<&Bytes>,
         payload: &Bytes,
         local_queues: &[Bytes],
-    ) -> bool {
+        blocked: &mut Blocked,
+    ) -> Forwarded {
+        let mut forwarded = Forwarded::default();
         let links = self.links.read();
         if links.is_empty() {
-            return false;
+            return forwarded;
         }
-        let mut forwarded = false;
         let n = links.len();
         let start = crate::client::fastrand(n);
         let mut served: Vec<Bytes> = Vec::new();
+        // Answering links first: a queue group is served by a peer that has
+        // left something unanswered (maybe dead; see `is_unanswered`) only
+        // when no other peer has a member, so a killed node costs tens of
+        // milliseconds of its share instead of everything until the idle
+        // timeout. A false alarm only moves a message to another member.
+        let mut suspects: Vec<&Arc<Link>> = Vec::new();
         for i in 0..n {
             let link = &links[(start + i) % n];
-            let result = link.remote.matches(subject);
-            let plain = !result.plain.is_empty();
-            let mut queues = Vec::new();
-            for (q, _) in &result.queues {
-                if !local_queues.contains(q) && !served.contains(q) {
-                    served.push(q.clone());
-                    queues.push(q.clone());
-                }
+            if link.quic.is_unanswered() {
+                suspects.push(link);
+                continue;
             }
-            if plain || !queues.is_empty() {
-                let msg = RoutedMsg {
-                    subject: subject.clone(),
-                    reply: reply.cloned().unwrap_or_default(),
-                    headers: headers.cloned(),
-                    payload: payload.clone(),
-                    plain,
-                    queues,
-                    interest_version: link.interest_sent.load(Ordering::Acquire),
-                };
-                link.send_msg(publisher, &msg);
-                forwarded = true;
-            }
+            self.forward_to(
+                link,
+                publisher,
+                subject,
+                reply,
+                headers,
+                payload,
+                local_queues,
+                &mut served,
+                &mut forwarded,
+                blocked,
+            );
+        }
+        for link in suspects {
+            self.forward_to(
+                link,
+                publisher,
+                subject,
+                reply,
+                headers,
+                payload,
+                local_queues,
+                &mut served,
+                &mut forwarded,
+                blocked,
+            );
         }
         forwarded
+    }
+
+    /// One link's part of [`Cluster::forward`]: the message goes if the peer
+    /// has plain interest or a member of a queue group not yet served.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_to(
+        &self,
+        link: &Arc<Link>,
+        publisher: u64,
+        subject: &Bytes,
+        reply: Option<&Bytes>,
+        headers: Option<&Bytes>,
+        payload: &Bytes,
+        local_queues: &[Bytes],
+        served: &mut Vec<Bytes>,
+        forwarded: &mut Forwarded,
+        blocked: &mut Blocked,
+    ) {
+        let result = link.remote.matches(subject);
+        let plain = !result.plain.is_empty();
+        let mut queues = Vec::new();
+        for (q, _) in &result.queues {
+            if !local_queues.contains(q) && !served.contains(q) {
+                served.push(q.clone());
+                queues.push(q.clone());
+            }
+        }
+        if !plain && queues.is_empty() {
+            return;
+        }
+        let msg = RoutedMsg {
+            subject: subject.clone(),
+            reply: reply.cloned().unwrap_or_default(),
+            headers: headers.cloned(),
+            payload: payload.clone(),
+            plain,
+            queues,
+            interest_version: link.interest_sent.load(Ordering::Acquire),
+        };
+        match link.send_msg(publisher, &msg) {
+            SendStatus::Sent(size) => {
+                forwarded.msgs += 1;
+                forwarded.bytes += size;
+            }
+            SendStatus::Full => blocked.0.push((link.clone(), msg)),
+            SendStatus::Closed => {}
+        }
+        forwarded.any = true;
+    }
+
+    /// Why a link announced by `hello` from `addr` must be refused because
+    /// another live process holds the same node key: this node's own key, or
+    /// a peer already linked from another address with another boot id (a
+    /// copied seed). Letting such a newcomer replace the established link
+    /// made both flap hundreds of times a second and lose messages. A peer
+    /// that restarted at the same address replaces its old link; one that
+    /// restarted elsewhere is linked once the old link is found dead.
+    fn key_conflict(&self, hello: &wire::Hello, addr: SocketAddr) -> Option<String> {
+        if hello.node_id == self.node_id {
+            return Some(format!(
+                "{DUPLICATE_KEY} {}: it is this node's own key (this node is at {}), \
+                 refusing {addr}",
+                hello.node_id, self.my_cluster_url
+            ));
+        }
+        let existing = self.link_to(&hello.node_id)?;
+        let established = existing.quic.remote_addr();
+        let alive = existing.quic.close_reason().is_none();
+        (alive && existing.boot_id != hello.boot_id && established != addr).then(|| {
+            format!(
+                "{DUPLICATE_KEY} {}: already linked from {established}, refusing {addr}",
+                hello.node_id
+            )
+        })
+    }
+
+    /// One error line per conflicting address a minute; repeats go to debug.
+    fn log_key_conflict(&self, quic: &QuicLink, reason: &str) {
+        let now = std::time::Instant::now();
+        let mut logged = self.conflicts_logged.lock();
+        logged.retain(|_, t| now.duration_since(*t) < Duration::from_secs(60));
+        let key = (quic.peer_key().to_owned(), quic.remote_addr());
+        match logged.entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => tracing::debug!("{reason}"),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(now);
+                tracing::error!("{reason}");
+            }
+        }
     }
 
     fn has_link(&self, node_id: &str) -> bool {
@@ -437,6 +653,9 @@ impl Cluster {
         self.by_node.lock().get(node_id).cloned()
     }
 
+    /// Accepts peers' QUIC connections. A refused handshake concerns only
+    /// that peer, so there is nothing to back off from (QUIC connections do
+    /// not take file descriptors); the endpoint summarises them in the log.
     async fn accept_loop(self: Arc<Self>) {
         while let Some(res) = self.endpoint.accept().await {
             match res {
@@ -446,7 +665,9 @@ impl Cluster {
                         let _ = me.run_link(quic, false).await;
                     });
                 }
-                Err(e) => tracing::warn!("cluster link refused: {e}"),
+                // The endpoint logs failed handshakes itself, summarised per
+                // interval (a flood of them must not become a flood of lines).
+                Err(e) => tracing::debug!("cluster link refused: {e}"),
             }
         }
     }
@@ -473,6 +694,10 @@ impl Cluster {
         let mut logged_failure = false;
         let mut failures = 0;
         while !self.stopping.load(Ordering::Relaxed) {
+            if !implicit && !self.routes.lock().contains(&url) {
+                tracing::debug!("route {url} removed from the configuration, not dialing it");
+                break;
+            }
             if let Some(id) = &node {
                 if self.has_link(id) {
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -500,7 +725,14 @@ impl Cluster {
                     }
                     // A link refused after the handshake (cluster name, bad
                     // hello) is a failure like any other: back off.
-                    self.clone().run_link(quic, true).await
+                    if !implicit {
+                        self.route_links.lock().insert(url.clone(), quic.clone());
+                    }
+                    let result = self.clone().run_link(quic, true).await;
+                    if !implicit {
+                        self.route_links.lock().remove(&url);
+                    }
+                    result
                 }
                 Err(e) => Err(e),
             };
@@ -518,7 +750,12 @@ impl Cluster {
                         break;
                     }
                     if !logged_failure {
-                        tracing::warn!("cannot link to route {url}: {e}");
+                        if e.contains(DUPLICATE_KEY) {
+                            // This process shares its key with a running node.
+                            tracing::error!("cannot link to route {url}: {e}");
+                        } else {
+                            tracing::warn!("cannot link to route {url}: {e}");
+                        }
                         logged_failure = true;
                     } else {
                         tracing::debug!("cannot link to route {url}: {e}");
@@ -551,6 +788,11 @@ impl Cluster {
     /// Runs one authenticated link until it ends. Returns the peer's node id.
     async fn run_link(self: Arc<Self>, quic: QuicLink, dialed: bool) -> Result<String, String> {
         let server = self.server.upgrade().ok_or("server gone")?;
+        if !self.endpoint.allows_peer(quic.peer_key()) {
+            // Authenticated before a reload removed it from the allow-list.
+            quic.close("peer not allowed");
+            return Err(format!("peer {} is not allowed", quic.peer_key()));
+        }
         let mut hello = wire::Hello {
             node_id: self.node_id.clone(),
             cluster_name: self.opts.name.clone(),
@@ -573,6 +815,7 @@ impl Cluster {
                     .await?;
             }
             let theirs = control.recv_frame().await?;
+            let mut refusal = None;
             if !dialed {
                 // The acceptor echoes the dialer's nonce so both ends agree on it.
                 if let Some(Ok(wire::Control {
@@ -580,18 +823,28 @@ impl Cluster {
                 })) = theirs.clone().map(wire::Control::decode)
                 {
                     hello.link_nonce = h.link_nonce;
+                    // Refused before answering, so the dialer's setup fails
+                    // (and backs off) instead of forming a link that closes.
+                    refusal = self.key_conflict(&h, quic.remote_addr());
                 }
-                control
-                    .send_frame(&wire::encode_control(Kind::Hello(hello.clone())))
-                    .await?;
+                if refusal.is_none() {
+                    control
+                        .send_frame(&wire::encode_control(Kind::Hello(hello.clone())))
+                        .await?;
+                }
             }
-            Ok::<_, LinkError>((control, theirs))
+            Ok::<_, LinkError>((control, theirs, refusal))
         };
         let hello_at = tokio::time::Instant::now();
-        let (control, theirs) = tokio::time::timeout(Duration::from_secs(10), exchange)
+        let (control, theirs, refusal) = tokio::time::timeout(Duration::from_secs(10), exchange)
             .await
             .map_err(|_| "hello timed out".to_owned())?
             .map_err(|e| e.to_string())?;
+        if let Some(reason) = refusal {
+            self.log_key_conflict(&quic, &reason);
+            quic.close(&reason);
+            return Err(reason);
+        }
         let theirs = match theirs.map(wire::Control::decode) {
             Some(Ok(wire::Control {
                 kind: Some(Kind::Hello(h)),
@@ -654,6 +907,11 @@ impl Cluster {
         });
         let (send, recv) = control.split();
         if !self.register(&link) {
+            if let Some(reason) = self.key_conflict(&theirs, quic.remote_addr()) {
+                self.log_key_conflict(&quic, &reason);
+                quic.close(&reason);
+                return Err(reason);
+            }
             quic.close("duplicate link");
             return Ok(node_id);
         }
@@ -690,9 +948,14 @@ impl Cluster {
         let mut by = self.by_node.lock();
         let rank = |l: &Link| (l.dialed_by_me != (self.node_id < l.node_id), l.nonce);
         if let Some(existing) = by.get(&link.node_id) {
-            let stale = existing.quic.close_reason().is_some() || existing.boot_id != link.boot_id;
-            if stale {
+            let closed = existing.quic.close_reason().is_some();
+            let restarted = existing.boot_id != link.boot_id
+                && existing.quic.remote_addr() == link.quic.remote_addr();
+            if closed || restarted {
                 existing.quic.close("peer restarted");
+            } else if existing.boot_id != link.boot_id {
+                // Another process with the same key (see `key_conflict`).
+                return false;
             } else if rank(existing) <= rank(link) {
                 return false;
             } else {
@@ -782,7 +1045,9 @@ impl Cluster {
                             continue;
                         }
                         if let Some(l) = self.link_to(&n.node_id) {
-                            if l.boot_id == n.boot_id {
+                            if l.boot_id == n.boot_id || l.cluster_url != n.cluster_url {
+                                // Known; or another process with the same key
+                                // elsewhere, which must not cost us the link.
                                 continue;
                             }
                             // The node restarted; our link to it is a leftover
@@ -881,7 +1146,26 @@ async fn stream_reader(server: Arc<Server>, link: Arc<Link>, mut recv: FrameRece
         }
         link.in_msgs.fetch_add(msgs, Ordering::Relaxed);
         link.in_bytes.fetch_add(bytes, Ordering::Relaxed);
+        // nats-server's /varz counts messages received on routes as input.
+        server.add_traffic(msgs, bytes, 0, 0);
     }
+}
+
+/// The one warning for a cluster without pinned peer keys.
+fn warn_open(bound: SocketAddr) {
+    tracing::warn!(
+        "cluster has no `authorization {{ peers }}` list: any node that reaches {bound} may join"
+    );
+}
+
+/// What [`Cluster::forward`] did with one message.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Forwarded {
+    /// A peer had interest (even if its link dropped the message).
+    pub any: bool,
+    /// Copies queued on links, and their payload-and-header bytes.
+    pub msgs: u64,
+    pub bytes: u64,
 }
 
 /// A `host:port` peers can dial for a bound address: the address itself, or

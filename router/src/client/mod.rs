@@ -5,7 +5,6 @@ use bytes::{Bytes, BytesMut};
 use nats_proto::encode::{write_err, write_hmsg, write_msg};
 use nats_proto::{Limits, Op, Parser, ProtoError};
 use parking_lot::Mutex;
-use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::Notify;
 
+use crate::gojson::{self, Value};
 use crate::outbound::{Outbound, PushError, WriteFailure};
 use crate::server::Server;
 use crate::subject::{valid_publish_subject, valid_subscribe_subject};
@@ -67,6 +67,15 @@ pub struct ClientMeta {
     pub user: Option<String>,
 }
 
+/// The credentials a client sent in CONNECT, kept so a config reload can
+/// check them again and close the connection if they no longer pass.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub user: Option<String>,
+    pub pass: Option<String>,
+    pub token: Option<String>,
+}
+
 /// A subscription as the trie stores it.
 pub struct Subscription {
     /// Unique across the server, the trie's key.
@@ -104,6 +113,8 @@ pub struct Client {
     pub async_info: AtomicBool,
     pub subs: Mutex<HashMap<Bytes, SubRef>>,
     pub meta: Mutex<ClientMeta>,
+    /// Set once CONNECT is accepted.
+    pub credentials: Mutex<Option<Credentials>>,
     pub in_msgs: AtomicU64,
     pub in_bytes: AtomicU64,
     /// Unix time in nanoseconds of the last read from this client.
@@ -126,6 +137,7 @@ impl Client {
             async_info: AtomicBool::new(false),
             subs: Mutex::new(HashMap::new()),
             meta: Mutex::new(ClientMeta::default()),
+            credentials: Mutex::new(None),
             in_msgs: AtomicU64::new(0),
             in_bytes: AtomicU64::new(0),
             last_activity: AtomicU64::new(unix_nanos(SystemTime::now())),
@@ -166,18 +178,19 @@ impl Client {
 
     /// Queues a protocol line (not counted as a message).
     pub fn send_proto(&self, bytes: &[u8]) {
-        let _ = self.out.push(false, |b| b.extend_from_slice(bytes));
+        let _ = self.out.push(None, |b| b.extend_from_slice(bytes));
     }
 
     /// Queues `-ERR 'text'`.
     pub fn send_err(&self, text: &str) {
-        let _ = self.out.push(false, |b| write_err(b, text));
+        let _ = self.out.push(None, |b| write_err(b, text));
     }
 }
 
-/// CONNECT options, with nats-server's defaults for fields left out.
-#[derive(Debug, Deserialize)]
-#[serde(default)]
+/// CONNECT options, with nats-server's defaults for fields no CONNECT set.
+/// Each CONNECT is decoded over the options the connection already has, as
+/// nats-server does: a field a later CONNECT leaves out keeps its value.
+#[derive(Debug, Clone)]
 struct ConnectOpts {
     verbose: bool,
     pedantic: bool,
@@ -191,6 +204,8 @@ struct ConnectOpts {
     user: Option<String>,
     pass: Option<String>,
     auth_token: Option<String>,
+    account: String,
+    new_account: bool,
 }
 
 impl Default for ConnectOpts {
@@ -208,26 +223,60 @@ impl Default for ConnectOpts {
             user: None,
             pass: None,
             auth_token: None,
+            account: String::new(),
+            new_account: false,
         }
     }
 }
 
-/// Parses CONNECT JSON. A `null` field keeps its default, as in nats-server
-/// (clients such as async-nats send `"name":null`); a wrong type is an error.
-fn parse_connect(json: &[u8]) -> Result<ConnectOpts, String> {
-    let mut value: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-    if let Some(map) = value.as_object_mut() {
-        map.retain(|_, v| !v.is_null());
+impl ConnectOpts {
+    /// Decodes CONNECT JSON over these options with nats-server's rules (see
+    /// [`gojson`]): keys in any case, the last duplicate wins, `null` keeps
+    /// the current value, a wrong type for any known field is an error.
+    fn update(&mut self, json: &[u8]) -> Result<(), String> {
+        for (name, value) in gojson::decode(json, gojson::CONNECT_FIELDS)? {
+            let flag = |v: &Value| matches!(v, Value::Bool(true));
+            let text = |v: Value| match v {
+                Value::Str(s) => s,
+                _ => String::new(),
+            };
+            match name {
+                "verbose" => self.verbose = flag(&value),
+                "pedantic" => self.pedantic = flag(&value),
+                "echo" => self.echo = flag(&value),
+                "headers" => self.headers = flag(&value),
+                "no_responders" => self.no_responders = flag(&value),
+                "new_account" => self.new_account = flag(&value),
+                "protocol" => {
+                    if let Value::Int(n) = value {
+                        self.protocol = n as i64;
+                    }
+                }
+                "name" => self.name = text(value),
+                "lang" => self.lang = text(value),
+                "version" => self.version = text(value),
+                "user" => self.user = Some(text(value)),
+                "pass" => self.pass = Some(text(value)),
+                "auth_token" => self.auth_token = Some(text(value)),
+                "account" => self.account = text(value),
+                _ => {}
+            }
+        }
+        Ok(())
     }
-    serde_json::from_value(value).map_err(|e| e.to_string())
 }
 
 /// Connection-local state owned by the reader task.
 struct Session {
     server: Arc<Server>,
+    /// The server's live options, refreshed when a reload changes them.
+    cfg: Arc<crate::options::Options>,
+    cfg_generation: u64,
     client: Arc<Client>,
     parser: Parser,
     connected: bool,
+    /// Every CONNECT so far, decoded one over the other.
+    opts: ConnectOpts,
     verbose: bool,
     pedantic: bool,
     no_responders: bool,
@@ -239,7 +288,15 @@ struct Session {
     /// The cluster, if this node is in one (started before clients are accepted).
     cluster: Option<Arc<crate::cluster::Cluster>>,
     pings_out: u32,
-    last_in: Instant,
+    /// When the client last showed activity that makes a PING unnecessary:
+    /// a message, SUB, UNSUB or PING (not CONNECT or PONG), as in nats-server.
+    last_active: Option<Instant>,
+    /// When the ping timer fires next.
+    next_ping: tokio::time::Instant,
+    /// When this connection last sent a PING. nats-server sends one whatever
+    /// the client's activity when it has sent none for an hour (it measures
+    /// the round-trip time with it), so the first one always goes out.
+    last_ping_sent: Option<Instant>,
     /// Messages and bytes this read batch delivered, added to server totals per batch.
     out_msgs: u64,
     out_bytes: u64,
@@ -254,7 +311,7 @@ where
     let writer_client = client.clone();
     let writer_server = server.clone();
     let write_task = tokio::spawn(async move {
-        let deadline = writer_server.opts.write_deadline;
+        let deadline = writer_server.live().write_deadline;
         match writer_client.out.run_writer(writer, deadline).await {
             Ok(()) => {}
             Err(WriteFailure::Io) => writer_client.close(CloseReason::WriteError, true),
@@ -265,14 +322,23 @@ where
         }
     });
 
+    let cfg_generation = server.live_generation();
+    let cfg = server.live();
+    let mut parser = Parser::new(Limits {
+        max_control_line: cfg.max_control_line,
+        max_payload: cfg.max_payload,
+    });
+    // HPUB is refused until a CONNECT announces headers.
+    parser.set_hpub_allowed(false);
+    let first_ping = tokio::time::Instant::now() + cfg.ping_interval;
     let mut session = Session {
-        parser: Parser::new(Limits {
-            max_control_line: server.opts.max_control_line,
-            max_payload: server.opts.max_payload,
-        }),
+        parser,
+        cfg,
+        cfg_generation,
         server: server.clone(),
         client: client.clone(),
         connected: false,
+        opts: ConnectOpts::default(),
         // nats-server's defaults for a client that has not sent CONNECT.
         verbose: true,
         pedantic: true,
@@ -282,7 +348,10 @@ where
         stalled: Duration::ZERO,
         cluster: server.cluster.get().cloned(),
         pings_out: 0,
-        last_in: Instant::now(),
+        last_active: None,
+        // Before CONNECT the first PING waits a full interval.
+        next_ping: first_ping,
+        last_ping_sent: None,
         out_msgs: 0,
         out_bytes: 0,
     };
@@ -294,16 +363,11 @@ where
 
 impl Session {
     async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut reader: R) {
-        let opts = &self.server.opts;
-        let auth_deadline = self
-            .server
-            .opts
+        let opts = self.cfg.clone();
+        let auth_deadline = opts
             .auth
             .required()
             .then(|| tokio::time::Instant::now() + opts.auth_timeout);
-        let ping_interval = opts.ping_interval;
-        let mut ping_timer =
-            tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
         let mut buf = BytesMut::with_capacity(32 * 1024);
         loop {
             let want = self.parser.bytes_wanted(buf.len()).max(16 * 1024);
@@ -330,33 +394,66 @@ impl Session {
                     self.client.close(CloseReason::AuthenticationTimeout, false);
                     return;
                 }
-                _ = ping_timer.tick() => {
+                _ = tokio::time::sleep_until(self.next_ping) => {
+                    self.refresh_cfg();
+                    self.next_ping = tokio::time::Instant::now() + self.cfg.ping_interval;
+                    // A reloaded interval applies from this tick on.
                     if !self.ping_tick() { return; }
                 }
             }
         }
     }
 
+    /// Picks up options changed by a config reload.
+    fn refresh_cfg(&mut self) {
+        let generation = self.server.live_generation();
+        if generation != self.cfg_generation {
+            self.cfg_generation = generation;
+            self.cfg = self.server.live();
+            self.parser.set_limits(Limits {
+                max_control_line: self.cfg.max_control_line,
+                max_payload: self.cfg.max_payload,
+            });
+        }
+    }
+
     /// Sends a keep-alive PING, or closes a connection that missed too many.
     fn ping_tick(&mut self) -> bool {
-        let interval = self.server.opts.ping_interval;
-        if self.last_in.elapsed() < interval && self.pings_out == 0 {
+        const RTT_INTERVAL: Duration = Duration::from_secs(3600);
+        let interval = self.cfg.ping_interval;
+        let need_rtt = self
+            .last_ping_sent
+            .is_none_or(|t| t.elapsed() > RTT_INTERVAL);
+        if !need_rtt && self.last_active.is_some_and(|t| t.elapsed() < interval) {
             return true;
         }
-        if self.pings_out + 1 > self.server.opts.ping_max {
+        if self.pings_out + 1 > self.cfg.ping_max {
             self.client.send_err("Stale Connection");
             self.client.close(CloseReason::StaleConnection, false);
             return false;
         }
         self.pings_out += 1;
+        self.last_ping_sent = Some(Instant::now());
         self.client.send_proto(b"PING\r\n");
         true
+    }
+
+    /// Restarts the ping timer after a CONNECT the way nats-server does: it
+    /// fires after the ping interval or 2 s, whichever is shorter, plus up to
+    /// a fifth more at random. The first PING of a connection is never skipped
+    /// (see `last_ping_sent`), so clients learn early that the server is alive
+    /// and the server that the client is.
+    fn schedule_first_ping(&mut self) {
+        const FIRST_CLIENT_PING: Duration = Duration::from_secs(2);
+        let base = self.cfg.ping_interval.min(FIRST_CLIENT_PING);
+        let jitter = base.mul_f64(rand::random::<f64>() / 5.0);
+        self.next_ping = tokio::time::Instant::now() + base + jitter;
     }
 
     /// Handles every complete operation in `buf`. Returns false once the
     /// connection must close.
     async fn process(&mut self, buf: &mut BytesMut) -> bool {
-        self.last_in = Instant::now();
+        self.refresh_cfg();
         self.stalled = Duration::ZERO;
         self.client
             .last_activity
@@ -366,6 +463,16 @@ impl Session {
         let ok = loop {
             match self.parser.parse(buf) {
                 Ok(Some(op)) => {
+                    if matches!(
+                        op,
+                        Op::Pub { .. }
+                            | Op::HPub { .. }
+                            | Op::Sub { .. }
+                            | Op::Unsub { .. }
+                            | Op::Ping
+                    ) {
+                        self.last_active = Some(Instant::now());
+                    }
                     if let Op::Pub { payload, .. } | Op::HPub { payload, .. } = &op {
                         in_msgs += 1;
                         in_bytes += payload.len() as u64;
@@ -394,7 +501,7 @@ impl Session {
     }
 
     fn protocol_error(&mut self, e: ProtoError) {
-        if !self.connected && self.server.opts.auth.required() {
+        if !self.connected && self.cfg.auth.required() {
             // nats-server checks authentication before it parses anything else.
             self.auth_violation();
             return;
@@ -425,11 +532,11 @@ impl Session {
 
     /// Handles one operation; false means the connection is closing.
     async fn handle(&mut self, op: Op) -> bool {
-        if !self.connected && self.server.opts.auth.required() && !matches!(op, Op::Connect(_)) {
+        if !self.connected && self.cfg.auth.required() && !matches!(op, Op::Connect(_)) {
             self.auth_violation();
             return false;
         }
-        if self.server.opts.trace {
+        if self.cfg.trace {
             tracing::trace!(cid = self.client.cid, op = op.verb(), "<<-");
         }
         match op {
@@ -447,13 +554,7 @@ impl Session {
                 headers,
                 payload,
             } => {
-                if !self.client.headers.load(Ordering::Relaxed) {
-                    // nats-server refuses HPUB from a client that did not ask
-                    // for headers, closing without an -ERR.
-                    tracing::debug!(cid = self.client.cid, "HPUB without headers support");
-                    self.client.close(CloseReason::ProtocolViolation, false);
-                    return false;
-                }
+                // (The parser refuses HPUB until CONNECT announces headers.)
                 // An empty header block is delivered as a plain MSG, as nats-server does.
                 let headers = (!headers.is_empty()).then_some(headers);
                 self.publish(subject, reply, headers, payload).await;
@@ -489,7 +590,19 @@ impl Session {
                 true
             }
             Op::Connect(json) => self.connect(&json),
-            Op::Ok | Op::Info(_) => true,
+            Op::Ok => true,
+            Op::Info(json) => {
+                // nats-server decodes a client's INFO (and then ignores it),
+                // closing without an -ERR when that fails.
+                match gojson::decode(&json, gojson::INFO_FIELDS) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::debug!(cid = self.client.cid, error = %e, "bad INFO");
+                        self.client.close(CloseReason::ProtocolViolation, false);
+                        false
+                    }
+                }
+            }
             Op::Err(_) => {
                 // nats-server closes a client that sends -ERR, without answering.
                 self.client.close(CloseReason::ProtocolViolation, false);
@@ -503,25 +616,34 @@ impl Session {
         }
     }
 
+    /// Handles CONNECT, the first or a later one: nats-server checks every
+    /// one in full (credentials included) over the options already given,
+    /// and a later one drops the client's subscriptions.
     fn connect(&mut self, json: &[u8]) -> bool {
-        let is_object = json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-        let parsed = if is_object {
-            parse_connect(json)
-        } else {
-            Err("CONNECT argument is not a JSON object".to_owned())
-        };
-        let opts = match parsed {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::debug!(cid = self.client.cid, error = %e, "bad CONNECT");
-                self.client.close(CloseReason::ProtocolViolation, false);
-                return false;
-            }
-        };
-        if !self.connected
-            && !self
-                .server
-                .authenticate(&opts.user, &opts.pass, &opts.auth_token)
+        let mut opts = self.opts.clone();
+        if let Err(e) = opts.update(json) {
+            tracing::debug!(cid = self.client.cid, error = %e, "bad CONNECT");
+            self.client.close(CloseReason::ProtocolViolation, false);
+            return false;
+        }
+        self.schedule_first_ping();
+        if self.connected {
+            // nats-server drops them because a CONNECT may switch accounts.
+            self.cleanup();
+        }
+        // Recorded before the check: a reload that swaps the options between
+        // the two then still finds (and re-checks) them.
+        *self.client.credentials.lock() = Some(Credentials {
+            user: opts.user.clone(),
+            pass: opts.pass.clone(),
+            token: opts.auth_token.clone(),
+        });
+        if !self
+            .server
+            .authenticate(&opts.user, &opts.pass, &opts.auth_token)
+            // Naming an account in CONNECT is refused, as in nats-server.
+            || opts.new_account
+            || !opts.account.is_empty()
         {
             self.auth_violation();
             return false;
@@ -546,13 +668,15 @@ impl Session {
             .store(opts.protocol >= 1, Ordering::Relaxed);
         self.client.echo.store(opts.echo, Ordering::Relaxed);
         self.client.headers.store(opts.headers, Ordering::Relaxed);
+        self.parser.set_hpub_allowed(opts.headers);
         {
             let mut meta = self.client.meta.lock();
-            meta.name = opts.name;
-            meta.lang = opts.lang;
-            meta.version = opts.version;
-            meta.user = opts.user;
+            meta.name = opts.name.clone();
+            meta.lang = opts.lang.clone();
+            meta.version = opts.version.clone();
+            meta.user = opts.user.clone();
         }
+        self.opts = opts;
         self.connected = true;
         self.ok();
         true
@@ -560,7 +684,7 @@ impl Session {
 
     fn subscribe(&mut self, subject: Bytes, queue: Option<Bytes>, sid: Bytes) {
         let server = &self.server;
-        let max_subs = server.opts.max_subscriptions;
+        let max_subs = self.cfg.max_subscriptions;
         let valid = valid_subscribe_subject(&subject)
             && queue
                 .as_deref()
@@ -665,14 +789,27 @@ impl Session {
             }
         }
         if let Some(cluster) = &self.cluster {
-            delivered |= cluster.forward(
+            let mut blocked = crate::cluster::Blocked::default();
+            let fwd = cluster.forward(
                 me,
                 &subject,
                 reply.as_ref(),
                 headers.as_ref(),
                 &payload,
                 &served_queues,
+                &mut blocked,
             );
+            delivered |= fwd.any;
+            self.out_msgs += fwd.msgs;
+            self.out_bytes += fwd.bytes;
+            if !blocked.is_empty() {
+                // A busy link pushes back: this reader waits (and so does
+                // the client, through TCP) rather than drop the message.
+                let wait = self.server.live().write_deadline;
+                let (msgs, bytes) = blocked.send(me, wait).await;
+                self.out_msgs += msgs;
+                self.out_bytes += bytes;
+            }
         }
         if !delivered && self.no_responders {
             if let Some(reply) = &reply {
@@ -744,10 +881,9 @@ impl Session {
             hdr.extend_from_slice(b"NATS/1.0 503\r\nNats-Subject: ");
             hdr.extend_from_slice(subject);
             hdr.extend_from_slice(b"\r\n\r\n");
-            let _ = self
-                .client
-                .out
-                .push(true, |b| write_hmsg(b, reply, &sub.sid, None, &hdr, b""));
+            let _ = self.client.out.push(Some(hdr.len() as u64), |b| {
+                write_hmsg(b, reply, &sub.sid, None, &hdr, b"")
+            });
         }
     }
 
@@ -767,7 +903,7 @@ fn unix_nanos(t: SystemTime) -> u64 {
 
 /// Writes one message into a subscriber's buffer, for local publishers and
 /// for messages arriving over cluster links alike (`publisher` 0). Returns the
-/// bytes delivered, or `None` if the subscription did not take it (echo off,
+/// message's size for the server totals (payload and headers), or `None` if the subscription did not take it (echo off,
 /// auto-unsubscribe limit reached). A subscriber whose buffer overflows is
 /// closed as a slow consumer.
 #[inline]
@@ -790,8 +926,12 @@ pub fn deliver_to(
         return None;
     }
     let hdrs = headers.filter(|_| target.headers.load(Ordering::Relaxed));
-    let size = payload.len() + hdrs.map_or(0, |h| h.len());
-    let res = target.out.push(true, |b| match hdrs {
+    // nats-server counts what the connection receives (headers stripped for a
+    // client without header support) in its /connz totals, but the message
+    // as published (headers included) in the server-wide /varz totals.
+    let sent = payload.len() + hdrs.map_or(0, |h| h.len());
+    let size = payload.len() + headers.map_or(0, |h| h.len());
+    let res = target.out.push(Some(sent as u64), |b| match hdrs {
         Some(h) => write_hmsg(b, subject, &sub.sid, reply, h, payload),
         None => write_msg(b, subject, &sub.sid, reply, payload),
     });
@@ -834,6 +974,11 @@ pub fn fastrand(n: usize) -> usize {
 mod tests {
     use super::*;
 
+    fn parse_connect(json: &[u8]) -> Result<ConnectOpts, String> {
+        let mut o = ConnectOpts::default();
+        o.update(json).map(|()| o)
+    }
+
     #[test]
     fn connect_nulls_keep_defaults() {
         let o =
@@ -843,5 +988,17 @@ mod tests {
         assert_eq!(o.lang, "rust");
         assert!(parse_connect(br#"{"name":123}"#).is_err());
         assert!(parse_connect(br#"{"echo":"yes"}"#).is_err());
+    }
+
+    #[test]
+    fn connect_decodes_over_earlier_options() {
+        let mut o =
+            parse_connect(br#"{"USER":"a","Pass":"b","verbose":false,"headers":true}"#).unwrap();
+        o.update(br#"{"echo":false,"headers":null}"#).unwrap();
+        assert_eq!(o.user.as_deref(), Some("a"));
+        assert_eq!(o.pass.as_deref(), Some("b"));
+        assert!(!o.verbose && o.headers && !o.echo);
+        o.update(b"null").unwrap();
+        assert!(o.headers);
     }
 }

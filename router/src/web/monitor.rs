@@ -2,12 +2,12 @@
 //! /healthz and /routez with the same field names and units, plus
 //! Prometheus text at /metrics.
 
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::header;
-use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
 use axum::Router;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,19 +15,26 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 
 use crate::server::Server;
+use crate::web::monitor_http::{bad_request, MonitorListener, Params};
 
-/// Serves monitoring on `listener` until the process ends.
+/// Serves monitoring on `listener` until the process ends. Every method is
+/// answered as GET (HEAD without a body), as nats-server does; connections
+/// are capped and time out (see [`crate::web::monitor_http`]).
 pub async fn serve(server: Arc<Server>, listener: TcpListener) {
     let app = Router::new()
-        .route("/", get(root))
-        .route("/varz", get(varz))
-        .route("/connz", get(connz))
-        .route("/subsz", get(subsz))
-        .route("/subscriptionsz", get(subsz))
-        .route("/healthz", get(healthz))
-        .route("/routez", get(routez))
-        .route("/metrics", get(metrics))
+        .route("/", any(root))
+        .route("/varz", any(varz))
+        .route("/connz", any(connz))
+        .route("/subsz", any(subsz))
+        .route("/subscriptionsz", any(subsz))
+        .route("/healthz", any(healthz))
+        .route("/routez", any(routez))
+        .route("/metrics", any(metrics))
+        .fallback(crate::web::monitor_http::fallback)
         .with_state(server);
+    let cap = crate::web::monitor_http::connection_cap();
+    tracing::debug!(cap, "monitoring connection cap");
+    let listener = MonitorListener::new(listener, cap);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "monitoring server stopped");
     }
@@ -86,6 +93,19 @@ pub fn uptime(d: Duration) -> String {
     out
 }
 
+/// A JSON answer as nats-server writes it: indented, any origin allowed.
+fn json_response(v: &Value) -> Response {
+    let body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 fn nanos(d: Duration) -> u64 {
     d.as_nanos() as u64
 }
@@ -120,7 +140,9 @@ fn cores() -> usize {
 
 /// The /varz document.
 pub fn varz_value(s: &Server) -> Value {
-    let o = &s.opts;
+    // The current options: a config reload changes limits and auth.
+    let live = s.live();
+    let o = &*live;
     let t = &s.traffic;
     let addr = *s.client_addr.lock();
     let http = *s.http_addr.lock();
@@ -168,19 +190,75 @@ pub fn varz_value(s: &Server) -> Value {
     })
 }
 
-async fn varz(State(s): State<Arc<Server>>) -> Json<Value> {
-    Json(varz_value(&s))
+async fn varz(State(s): State<Arc<Server>>) -> Response {
+    json_response(&varz_value(&s))
 }
 
-/// Query parameters of /connz, as nats-server names them.
-#[derive(Debug, Default, Deserialize)]
+/// Query parameters of /connz, as nats-server names and decodes them.
+#[derive(Debug, Default)]
 pub struct ConnzQuery {
-    sort: Option<String>,
-    subs: Option<String>,
-    offset: Option<usize>,
-    limit: Option<usize>,
-    state: Option<String>,
+    sort: String,
+    subs: bool,
+    offset: usize,
+    /// 0 means the default page size.
+    limit: usize,
+    state: String,
     cid: Option<u64>,
+}
+
+/// nats-server's page size when `limit` is absent, zero or negative.
+const DEFAULT_LIMIT: usize = 1024;
+
+impl ConnzQuery {
+    /// Decodes and checks the parameters; `Err` is the 400 reason.
+    pub fn from_params(p: &Params) -> Result<Self, String> {
+        let sort = p.get("sort").unwrap_or("cid").to_owned();
+        let subs = match p.get("subs") {
+            Some("detail") => true,
+            _ => p.bool("subs")?,
+        };
+        p.bool("auth")?;
+        let offset = p.int("offset")?.max(0) as usize;
+        let limit = p.int("limit")?.max(0) as usize;
+        let cid = p.get("cid").map(|_| p.uint("cid")).transpose()?;
+        let state = match p.get("state").map(str::to_ascii_lowercase) {
+            None => "open".to_owned(),
+            Some(s) if matches!(s.as_str(), "open" | "closed" | "any" | "all") => s,
+            Some(s) => return Err(format!("invalid connection state: {s:?}")),
+        };
+        const SORTS: [&str; 14] = [
+            "cid",
+            "start",
+            "subs",
+            "pending",
+            "msgs_to",
+            "msgs_from",
+            "bytes_to",
+            "bytes_from",
+            "last",
+            "idle",
+            "uptime",
+            "rtt",
+            "stop",
+            "reason",
+        ];
+        if !SORTS.contains(&sort.as_str()) {
+            return Err(format!("invalid sorting option: {sort}"));
+        }
+        if (sort == "stop" || sort == "reason") && state != "closed" {
+            return Err(format!(
+                "sort by {sort} is only valid for closed connections"
+            ));
+        }
+        Ok(ConnzQuery {
+            sort,
+            subs,
+            offset,
+            limit,
+            state,
+            cid,
+        })
+    }
 }
 
 /// One connection as /connz shows it.
@@ -222,15 +300,11 @@ struct ConnInfo {
     sort_stop: Option<SystemTime>,
 }
 
-fn truthy(v: &Option<String>) -> bool {
-    matches!(v.as_deref(), Some("1" | "true" | "detail"))
-}
-
 /// The /connz document for `q`.
 pub fn connz_value(s: &Server, q: &ConnzQuery) -> Result<Value, String> {
     let now = SystemTime::now();
-    let with_subs = truthy(&q.subs);
-    let state = q.state.as_deref().unwrap_or("open");
+    let with_subs = q.subs;
+    let state = q.state.as_str();
     let mut conns: Vec<ConnInfo> = Vec::new();
     if state == "open" || state == "any" || state == "all" {
         let clients: Vec<_> = s.clients.lock().values().cloned().collect();
@@ -285,7 +359,7 @@ pub fn connz_value(s: &Server, q: &ConnzQuery) -> Result<Value, String> {
                 reason: Some(c.reason.to_owned()),
                 uptime: uptime(c.stop.duration_since(c.start).unwrap_or_default()),
                 idle: uptime(now.duration_since(c.stop).unwrap_or_default()),
-                pending_bytes: 0,
+                pending_bytes: c.pending_bytes,
                 in_msgs: c.in_msgs,
                 out_msgs: c.out_msgs,
                 in_bytes: c.in_bytes,
@@ -304,9 +378,9 @@ pub fn connz_value(s: &Server, q: &ConnzQuery) -> Result<Value, String> {
     if let Some(cid) = q.cid {
         conns.retain(|c| c.cid == cid);
     }
-    let sort = q.sort.as_deref().unwrap_or("cid");
-    match sort {
-        "cid" | "" => conns.sort_by_key(|c| c.cid),
+    match q.sort.as_str() {
+        // Tern does not measure client RTT; `rtt` keeps connection order.
+        "cid" | "rtt" => conns.sort_by_key(|c| c.cid),
         "start" => conns.sort_by_key(|c| c.sort_start),
         "subs" => conns.sort_by_key(|c| std::cmp::Reverse(c.subscriptions)),
         "pending" => conns.sort_by_key(|c| std::cmp::Reverse(c.pending_bytes)),
@@ -317,13 +391,13 @@ pub fn connz_value(s: &Server, q: &ConnzQuery) -> Result<Value, String> {
         "last" => conns.sort_by_key(|c| std::cmp::Reverse(c.sort_last)),
         "idle" => conns.sort_by_key(|c| c.sort_last),
         "uptime" => conns.sort_by_key(|c| c.sort_start),
-        "stop" if state == "closed" => conns.sort_by_key(|c| std::cmp::Reverse(c.sort_stop)),
-        "reason" if state == "closed" => conns.sort_by(|a, b| a.reason.cmp(&b.reason)),
+        "stop" => conns.sort_by_key(|c| std::cmp::Reverse(c.sort_stop)),
+        "reason" => conns.sort_by(|a, b| a.reason.cmp(&b.reason)),
         other => return Err(format!("invalid sorting option: {other}")),
     }
     let total = conns.len();
-    let offset = q.offset.unwrap_or(0);
-    let limit = q.limit.unwrap_or(1024);
+    let offset = q.offset;
+    let limit = if q.limit == 0 { DEFAULT_LIMIT } else { q.limit };
     let page: Vec<ConnInfo> = conns.into_iter().skip(offset).take(limit).collect();
     Ok(json!({
         "server_id": s.info.server_id,
@@ -336,30 +410,74 @@ pub fn connz_value(s: &Server, q: &ConnzQuery) -> Result<Value, String> {
     }))
 }
 
-async fn connz(State(s): State<Arc<Server>>, Query(q): Query<ConnzQuery>) -> Response {
-    match connz_value(&s, &q) {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => (axum::http::StatusCode::BAD_REQUEST, e).into_response(),
+async fn connz(State(s): State<Arc<Server>>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw.as_deref());
+    match ConnzQuery::from_params(&params).and_then(|q| connz_value(&s, &q)) {
+        Ok(v) => json_response(&v),
+        Err(e) => bad_request(e),
     }
 }
 
-async fn subsz(State(s): State<Arc<Server>>) -> Json<Value> {
+async fn subsz(State(s): State<Arc<Server>>, RawQuery(raw): RawQuery) -> Response {
+    let p = Params::parse(raw.as_deref());
+    let checked = (|| -> Result<(usize, usize), String> {
+        p.bool("subs")?;
+        let offset = p.int("offset")?.max(0) as usize;
+        let limit = p.int("limit")?.max(0) as usize;
+        if let Some(t) = p.get("test") {
+            if !crate::subject::valid_publish_subject(t.as_bytes()) {
+                return Err(format!("invalid test subject, not a publish subject: {t}"));
+            }
+        }
+        Ok((offset, if limit == 0 { DEFAULT_LIMIT } else { limit }))
+    })();
+    let (offset, limit) = match checked {
+        Ok(v) => v,
+        Err(e) => return bad_request(e),
+    };
     let mut v = serde_json::to_value(s.sublist.stats()).unwrap_or_else(|_| json!({}));
     if let Some(m) = v.as_object_mut() {
         m.insert("server_id".into(), json!(s.info.server_id));
         m.insert("now".into(), json!(rfc3339(SystemTime::now())));
+        // Tern does not list subscriptions here; the page is always empty.
+        m.insert("total".into(), json!(0));
+        m.insert("offset".into(), json!(offset));
+        m.insert("limit".into(), json!(limit));
     }
-    Json(v)
+    json_response(&v)
 }
 
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+async fn healthz(RawQuery(raw): RawQuery) -> Response {
+    let p = Params::parse(raw.as_deref());
+    for key in [
+        "js-enabled",
+        "js-enabled-only",
+        "js-server-only",
+        "js-meta-only",
+        "details",
+    ] {
+        if let Err(e) = p.bool(key) {
+            return bad_request(e);
+        }
+    }
+    json_response(&json!({"status": "ok"}))
 }
 
 /// Query parameters of /routez.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 pub struct RoutezQuery {
-    subs: Option<String>,
+    subs: bool,
+}
+
+impl RoutezQuery {
+    /// Decodes `subs` (a boolean or `detail`); `Err` is the 400 reason.
+    pub fn from_params(p: &Params) -> Result<Self, String> {
+        let subs = match p.get("subs") {
+            Some("detail") => true,
+            _ => p.bool("subs")?,
+        };
+        Ok(RoutezQuery { subs })
+    }
 }
 
 /// The /routez document: one entry per cluster link.
@@ -392,7 +510,7 @@ pub fn routez_value(s: &Server, q: &RoutezQuery) -> Value {
                 "cluster_url": l.cluster_url,
                 "client_url": l.client_url,
             });
-            if truthy(&q.subs) {
+            if q.subs {
                 r["subscriptions_list"] = json!(l.remote_subjects());
             }
             r
@@ -407,8 +525,11 @@ pub fn routez_value(s: &Server, q: &RoutezQuery) -> Value {
     })
 }
 
-async fn routez(State(s): State<Arc<Server>>, Query(q): Query<RoutezQuery>) -> Json<Value> {
-    Json(routez_value(&s, &q))
+async fn routez(State(s): State<Arc<Server>>, RawQuery(raw): RawQuery) -> Response {
+    match RoutezQuery::from_params(&Params::parse(raw.as_deref())) {
+        Ok(q) => json_response(&routez_value(&s, &q)),
+        Err(e) => bad_request(e),
+    }
 }
 
 /// Prometheus text exposition of the /varz counters.
@@ -436,25 +557,25 @@ pub fn metrics_text(s: &Server) -> String {
         (
             "tern_in_msgs_total",
             "counter",
-            "Messages received from clients.",
+            "Messages received from clients and cluster links.",
             t.in_msgs.load(Ordering::Relaxed),
         ),
         (
             "tern_out_msgs_total",
             "counter",
-            "Messages delivered to clients.",
+            "Messages delivered to clients and cluster links.",
             t.out_msgs.load(Ordering::Relaxed),
         ),
         (
             "tern_in_bytes_total",
             "counter",
-            "Payload bytes received from clients.",
+            "Payload and header bytes received from clients and cluster links.",
             t.in_bytes.load(Ordering::Relaxed),
         ),
         (
             "tern_out_bytes_total",
             "counter",
-            "Payload bytes delivered to clients.",
+            "Payload and header bytes delivered to clients and cluster links.",
             t.out_bytes.load(Ordering::Relaxed),
         ),
         (

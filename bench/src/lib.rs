@@ -60,7 +60,7 @@ impl fmt::Display for Scenario {
     }
 }
 
-/// Command-line options of `tern bench`; the lead's `main.rs` flattens them
+/// Command-line options of `tern bench`; the `tern` binary (router's `main.rs`) mounts them
 /// into the `bench` subcommand. Long options only, so they never clash with
 /// the server's short flags.
 #[derive(clap::Args, Debug, Clone)]
