@@ -511,6 +511,31 @@ async def test_five_nodes_full_mesh_from_one_seed(start_cluster, nats_connect):
         assert r.payloads == [str(k).encode() for k in range(20)], f"node{i + 1}"
 
 
+async def test_late_joiner_links_with_every_member(cluster, start_cluster, nats_connect):
+    """Nodes that join a formed mesh through different seeds are linked
+    with every member: the seed tells its peers about the newcomer (they
+    have no other way to learn of it) and the newcomer about the members."""
+    nodes = await start_cluster(4)
+    late = cluster.add(routes=[nodes[2].cluster_port])  # seeded by node 3
+    later = cluster.add(routes=[late.cluster_port])  # seeded by the newcomer
+    everyone = nodes + [late, later]
+    await wait_mesh(cluster, everyone)
+    sub = await nats_connect(later)
+    rec = await Rec.make(sub, "late.x")
+    pubs = [await nats_connect(n) for n in nodes]
+    await fence([sub], pubs)
+    for i, p in enumerate(pubs):
+        await p.publish("late.x", str(i).encode())
+    await fence([sub], pubs, [rec])
+    assert sorted(rec.payloads) == [str(i).encode() for i in range(len(pubs))]
+
+
+async def test_twelve_nodes_full_mesh_from_one_seed(start_cluster):
+    """Every pair of twelve nodes started at once, each with only node 1 as
+    a route, ends up with exactly one link (wait_mesh checks both)."""
+    await start_cluster(12)
+
+
 async def test_simultaneous_dial_no_duplicate_links(cluster, nats_connect):
     """a and b each have the other as a route, so both dial: whichever links
     come up, exactly one survives, the same one on both ends."""

@@ -20,6 +20,7 @@ pub mod config_file;
 pub mod control;
 pub mod gojson;
 pub mod logging;
+pub mod memtrim;
 pub mod options;
 pub mod outbound;
 pub mod reload;

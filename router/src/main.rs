@@ -12,6 +12,16 @@ use router::reload::Reloader;
 use router::server::{Server, VERSION};
 use router::web::monitor;
 
+/// mimalloc, when built with `--features mimalloc` (see docs/BENCHMARKS.md).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// jemalloc, when built with `--features jemalloc` (and not mimalloc).
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(normalize_args(std::env::args_os())) {
         Ok(c) => c,
@@ -185,6 +195,7 @@ async fn run(mut opts: Options, reloader: Reloader) -> ExitCode {
     }
     tracing::info!("Server is ready");
     let accept = tokio::spawn(server.clone().accept_loop(listener));
+    router::memtrim::spawn(&server);
     wait_for_signals(&server, signals, reloader).await;
     accept.abort();
     if let Some(c) = server.cluster.get() {

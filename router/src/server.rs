@@ -375,6 +375,15 @@ impl Server {
         ring.push_back(closed);
     }
 
+    /// Client connections closed since the server started.
+    pub fn closed_connections(&self) -> u64 {
+        let live = self.clients.lock().len() as u64;
+        self.traffic
+            .total_connections
+            .load(Ordering::Relaxed)
+            .saturating_sub(live)
+    }
+
     /// Whether lame-duck mode has started.
     pub fn in_lame_duck(&self) -> bool {
         self.lame_duck.load(Ordering::Relaxed)
