@@ -10,6 +10,7 @@ use std::path::Path;
 
 pub use nkeys::KeyPair;
 
+pub mod password;
 pub mod tls;
 
 /// A server's signing identity. Cloning copies the secret: keep clones inside

@@ -194,19 +194,25 @@ impl Server {
         if !auth.required() {
             return true;
         }
+        // Configured passwords and tokens may be bcrypt hashes.
+        let secret_ok = |configured: &str, given: &Option<String>| {
+            given
+                .as_deref()
+                .is_some_and(|g| peer::password::matches(configured, g))
+        };
         if let Some(t) = &auth.token {
-            if token.as_deref() == Some(t.as_str()) {
+            if secret_ok(t, token) {
                 return true;
             }
         }
         if let (Some(u), Some(p)) = (&auth.user, &auth.password) {
-            if user.as_deref() == Some(u.as_str()) && pass.as_deref() == Some(p.as_str()) {
+            if user.as_deref() == Some(u.as_str()) && secret_ok(p, pass) {
                 return true;
             }
         }
-        auth.users.iter().any(|e| {
-            user.as_deref() == Some(e.user.as_str()) && pass.as_deref() == Some(e.password.as_str())
-        })
+        auth.users
+            .iter()
+            .any(|e| user.as_deref() == Some(e.user.as_str()) && secret_ok(&e.password, pass))
     }
 
     /// Adds one read batch's traffic to the server totals.
