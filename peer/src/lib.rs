@@ -10,8 +10,14 @@ use std::path::Path;
 
 pub use nkeys::KeyPair;
 
+pub mod cert_names;
+pub mod creds;
+pub mod jwt;
+pub mod nonce;
 pub mod password;
 pub mod tls;
+pub mod trust;
+pub mod zone;
 
 /// A server's signing identity. Cloning copies the secret: keep clones inside
 /// the process (e.g. one per listener).
