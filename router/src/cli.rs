@@ -67,6 +67,14 @@ pub struct ServerArgs {
         value_name = "PORT"
     )]
     pub http_port: Option<i32>,
+    /// Use port for HTTPS monitoring (-1 for a random port).
+    #[arg(
+        long = "https_port",
+        visible_alias = "ms",
+        allow_negative_numbers = true,
+        value_name = "PORT"
+    )]
+    pub https_port: Option<i32>,
     /// Configuration file.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -124,6 +132,21 @@ pub struct ServerArgs {
     #[arg(long = "client_advertise", value_name = "HOST:PORT")]
     pub client_advertise: Option<String>,
     /// File holding the server's nkey seed (created on first start).
+    /// Enable TLS on the client port, without verifying clients.
+    #[arg(long = "tls")]
+    pub tls: bool,
+    /// Server certificate file (PEM).
+    #[arg(long = "tlscert", value_name = "FILE")]
+    pub tlscert: Option<PathBuf>,
+    /// Private key for the server certificate (PEM).
+    #[arg(long = "tlskey", value_name = "FILE")]
+    pub tlskey: Option<PathBuf>,
+    /// Enable TLS and require and verify client certificates.
+    #[arg(long = "tlsverify")]
+    pub tlsverify: bool,
+    /// CA certificates client certificates are checked against.
+    #[arg(long = "tlscacert", value_name = "FILE")]
+    pub tlscacert: Option<PathBuf>,
     #[arg(long = "server_key_file", value_name = "FILE")]
     pub server_key_file: Option<PathBuf>,
     /// Send a signal to a running server and exit: ldm, stop, quit, term,
@@ -176,6 +199,8 @@ const LONG_NAMES: &[&str] = &[
     "name",
     "server_name",
     "http_port",
+    "https_port",
+    "ms",
     "config",
     "user",
     "pass",
@@ -195,6 +220,11 @@ const LONG_NAMES: &[&str] = &[
     "no_advertise",
     "client_advertise",
     "server_key_file",
+    "tls",
+    "tlscert",
+    "tlskey",
+    "tlsverify",
+    "tlscacert",
     "signal",
     "sl",
     "version",
@@ -230,6 +260,40 @@ fn port_value(p: i32, flag: &str) -> Result<u16, String> {
 }
 
 impl ServerArgs {
+    /// `--tls*` flags, over any `tls {}` block, as nats-server merges them:
+    /// a flag replaces the block's value; `--tlsverify` implies `--tls`.
+    fn apply_tls(&self, opts: &mut Options) -> Result<(), String> {
+        // The file flags alone do not turn TLS on, as in nats-server.
+        if !(self.tls || self.tlsverify) && opts.tls.is_none() {
+            return Ok(());
+        }
+        let mut t = opts.tls.clone().unwrap_or(crate::options::ClientTls {
+            settings: Default::default(),
+            timeout: transport::tls::DEFAULT_TLS_TIMEOUT,
+            handshake_first: false,
+            first_fallback: None,
+            verify_and_map: false,
+        });
+        if let Some(c) = &self.tlscert {
+            t.settings.cert_file = c.clone();
+        }
+        if let Some(k) = &self.tlskey {
+            t.settings.key_file = k.clone();
+        }
+        if let Some(ca) = &self.tlscacert {
+            t.settings.ca_file = Some(ca.clone());
+        }
+        t.settings.verify |= self.tlsverify;
+        if t.settings.cert_file.as_os_str().is_empty() {
+            return Err("TLS Server certificate must be present and valid".into());
+        }
+        if t.settings.key_file.as_os_str().is_empty() {
+            return Err("TLS Server private key must be present and valid".into());
+        }
+        opts.tls = Some(t);
+        Ok(())
+    }
+
     /// Applies the flags on top of `opts` (flags override the config file, as in nats-server).
     pub fn apply(&self, opts: &mut Options) -> Result<(), String> {
         if let Some(a) = self.addr {
@@ -244,6 +308,9 @@ impl ServerArgs {
         if let Some(p) = self.http_port {
             opts.http_port = Some(port_value(p, "monitoring")?);
         }
+        if let Some(p) = self.https_port {
+            opts.https_port = Some(port_value(p, "https monitoring")?);
+        }
         if let Some(u) = &self.user {
             opts.auth.user = Some(u.clone());
         }
@@ -253,6 +320,7 @@ impl ServerArgs {
         if let Some(t) = &self.auth {
             opts.auth.token = Some(t.clone());
         }
+        self.apply_tls(opts)?;
         if opts.auth.user.is_some() != opts.auth.password.is_some() {
             return Err("--user and --pass must be given together".into());
         }

@@ -8,9 +8,11 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::auth::Permissions;
+use crate::auth_jwt::Resolver;
 use crate::cli::ServerArgs;
 use crate::config::{parse_file, ConfigError, Map, Value};
-use crate::options::{Options, UserEntry};
+use crate::options::{ClientTls, NkeyUser, Options, UserEntry};
 
 /// Loads `-c FILE` (if given) into `opts`. Returns a warning per key Tern
 /// ignores, each starting `file:line:col:` (the caller prints them: at start
@@ -82,28 +84,17 @@ fn authorization(
     opts: &mut Options,
     warnings: &mut Vec<String>,
 ) -> Result<(), ConfigError> {
+    let mut default_perms = None;
     for e in m.iter() {
         let v = &e.value;
         match e.key.to_ascii_lowercase().as_str() {
             "user" | "username" => opts.auth.user = Some(v.as_str()?.to_owned()),
             "password" | "pass" => opts.auth.password = Some(v.as_str()?.to_owned()),
             "token" => opts.auth.token = Some(v.as_str()?.to_owned()),
-            "timeout" => opts.auth_timeout = seconds(v)?,
-            "users" => {
-                for u in v.as_array()? {
-                    let um = u.as_map()?;
-                    let user = um
-                        .get("user")
-                        .ok_or_else(|| u.error("user entry without `user`"))?;
-                    let pass = um
-                        .get("password")
-                        .ok_or_else(|| u.error("user entry without `password`"))?;
-                    opts.auth.users.push(UserEntry {
-                        user: user.as_str()?.to_owned(),
-                        password: pass.as_str()?.to_owned(),
-                    });
-                }
-            }
+            "timeout" => opts.auth_timeout = Some(seconds(v)?),
+            "users" => users(v, opts, warnings)?,
+            "default_permissions" => default_perms = Some(permissions(v, warnings)?),
+            "no_auth_user" => opts.auth.no_auth_user = Some(v.as_str()?.to_owned()),
             _ if e.used_as_variable => {}
             other => warnings.push(ignored(
                 &e.key_pos,
@@ -111,7 +102,239 @@ fn authorization(
             )),
         }
     }
+    if let Some(d) = default_perms {
+        // Users without their own permissions get the block's defaults.
+        for u in &mut opts.auth.users {
+            u.permissions.get_or_insert_with(|| d.clone());
+        }
+        for k in &mut opts.auth.nkeys {
+            k.permissions.get_or_insert_with(|| d.clone());
+        }
+    }
     Ok(())
+}
+
+/// `users: [ { user, password } | { nkey } ]`, as nats-server reads it: an
+/// entry with an nkey is an nkey user; one with a user and no password is a
+/// certificate-mapped user (`verify_and_map`).
+fn users(v: &Value, opts: &mut Options, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+    for u in v.as_array()? {
+        let um = u.as_map()?;
+        let mut user = None;
+        let mut password = None;
+        let mut nkey = None;
+        let mut perms = None;
+        for e in um.iter() {
+            let v = &e.value;
+            match e.key.to_ascii_lowercase().as_str() {
+                "user" | "username" => user = Some(v.as_str()?.to_owned()),
+                "pass" | "password" => password = Some(v.as_str()?.to_owned()),
+                "nkey" => nkey = Some((v.as_str()?.to_owned(), v)),
+                "permission" | "permissions" | "authorization" => {
+                    perms = Some(permissions(v, warnings)?)
+                }
+                _ if e.used_as_variable => {}
+                other => warnings.push(ignored(
+                    &e.key_pos,
+                    format!("user option {other:?} is not supported by Tern and is ignored"),
+                )),
+            }
+        }
+        if let Some((key, at)) = nkey {
+            if !peer::jwt::is_user_key(&key) {
+                return Err(at.error(format!("not a valid public user nkey: {key:?}")));
+            }
+            opts.auth.nkeys.push(NkeyUser {
+                nkey: key,
+                permissions: perms,
+            });
+            continue;
+        }
+        let Some(user) = user else {
+            return Err(u.error("user entry without `user` or `nkey`"));
+        };
+        if password.is_none() {
+            opts.auth.tls_map_users = true;
+        }
+        opts.auth.users.push(UserEntry {
+            user,
+            password,
+            permissions: perms,
+        });
+    }
+    Ok(())
+}
+
+/// `permissions { publish, subscribe }`, each a subject, a list, or
+/// `{ allow, deny }`, as nats-server reads them.
+fn permissions(
+    v: &Value,
+    warnings: &mut Vec<String>,
+) -> Result<std::sync::Arc<Permissions>, ConfigError> {
+    fn list(v: &Value) -> Result<Vec<String>, ConfigError> {
+        match v.as_array() {
+            Ok(a) => a.iter().map(|x| Ok(x.as_str()?.to_owned())).collect(),
+            Err(_) => Ok(vec![v.as_str()?.to_owned()]),
+        }
+    }
+    fn rule(v: &Value) -> Result<(Vec<String>, Vec<String>), ConfigError> {
+        let Ok(m) = v.as_map() else {
+            return Ok((list(v)?, Vec::new()));
+        };
+        let (mut allow, mut deny) = (Vec::new(), Vec::new());
+        for e in m.iter() {
+            match e.key.to_ascii_lowercase().as_str() {
+                "allow" => allow = list(&e.value)?,
+                "deny" => deny = list(&e.value)?,
+                other => {
+                    return Err(e
+                        .value
+                        .error(format!("unknown field {other:?} in permissions")))
+                }
+            }
+        }
+        Ok((allow, deny))
+    }
+    let mut p = Permissions::default();
+    for e in v.as_map()?.iter() {
+        match e.key.to_ascii_lowercase().as_str() {
+            "pub" | "publish" | "import" => (p.pub_allow, p.pub_deny) = rule(&e.value)?,
+            "sub" | "subscribe" | "export" => (p.sub_allow, p.sub_deny) = rule(&e.value)?,
+            _ if e.used_as_variable => {}
+            other => warnings.push(ignored(
+                &e.key_pos,
+                format!("permissions option {other:?} is not supported by Tern yet and is ignored"),
+            )),
+        }
+    }
+    Ok(std::sync::Arc::new(p))
+}
+
+/// Operator-mode settings, gathered before the trust is built from them.
+#[derive(Default)]
+struct OperatorConfig {
+    operators: Vec<String>,
+    system_account: Option<String>,
+    resolver: Option<Resolver>,
+    preload: std::collections::BTreeMap<String, String>,
+    /// Where `operator` was set, for errors.
+    at: Option<Value>,
+}
+
+/// `resolver: MEMORY` or `resolver: { type: full|cache, dir: "..." }`.
+fn resolver(v: &Value) -> Result<Resolver, ConfigError> {
+    if let Ok(s) = v.as_str() {
+        return match s.trim().to_ascii_uppercase().as_str() {
+            "MEMORY" => Ok(Resolver::Memory),
+            _ => Err(v.error(format!(
+                "resolver {s:?} is not supported by Tern (MEMORY or a directory: {{ type: full, dir: ... }})"
+            ))),
+        };
+    }
+    let m = v.as_map()?;
+    let mut dir = None;
+    for e in m.iter() {
+        match e.key.to_ascii_lowercase().as_str() {
+            "type" => {
+                let t = e.value.as_str()?.to_ascii_lowercase();
+                if t != "full" && t != "cache" {
+                    return Err(e
+                        .value
+                        .error(format!("resolver type {t:?} is not supported")));
+                }
+            }
+            "dir" => dir = Some(e.value.as_str()?.to_owned()),
+            // Settings of nats-server's resolver that do not apply to a
+            // read-only directory.
+            "allow_delete" | "interval" | "limit" | "timeout" | "ttl" | "hard_delete" => {}
+            _ => {}
+        }
+    }
+    let dir = dir.ok_or_else(|| v.error("resolver needs a `dir`"))?;
+    Ok(Resolver::Dir(dir.into()))
+}
+
+/// `tls {}` for the client port, with nats-server's keys and defaults.
+fn client_tls(block: &Value, warnings: &mut Vec<String>) -> Result<ClientTls, ConfigError> {
+    let m = block.as_map()?;
+    let mut t = ClientTls {
+        settings: Default::default(),
+        timeout: transport::tls::DEFAULT_TLS_TIMEOUT,
+        handshake_first: false,
+        first_fallback: None,
+        verify_and_map: false,
+    };
+    let strings = |v: &Value| -> Result<Vec<String>, ConfigError> {
+        match v.as_array() {
+            Ok(a) => a.iter().map(|x| Ok(x.as_str()?.to_owned())).collect(),
+            Err(_) => Ok(vec![v.as_str()?.to_owned()]),
+        }
+    };
+    let mut has_cert = false;
+    let mut has_key = false;
+    for e in m.iter() {
+        let v = &e.value;
+        match e.key.to_ascii_lowercase().as_str() {
+            "cert_file" => {
+                t.settings.cert_file = v.as_str()?.into();
+                has_cert = true;
+            }
+            "key_file" => {
+                t.settings.key_file = v.as_str()?.into();
+                has_key = true;
+            }
+            "ca_file" => t.settings.ca_file = Some(v.as_str()?.into()),
+            "verify" => t.settings.verify = v.as_bool()?,
+            "verify_and_map" => {
+                t.verify_and_map = v.as_bool()?;
+                t.settings.verify |= t.verify_and_map;
+            }
+            "timeout" => t.timeout = seconds(v)?,
+            "pinned_certs" => {
+                t.settings.pinned_certs = strings(v)?;
+                for p in &t.settings.pinned_certs {
+                    if p.len() != 64 || !p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                        return Err(v.error(format!(
+                            "error parsing 'pinned_certs' key {p} does not look like lower case hex-encoded sha256 of DER encoded SubjectPublicKeyInfo"
+                        )));
+                    }
+                }
+            }
+            "cipher_suites" => t.settings.cipher_suites = strings(v)?,
+            "curve_preferences" => t.settings.curve_preferences = strings(v)?,
+            "handshake_first" | "first" | "immediate" => {
+                if let Ok(b) = v.as_bool() {
+                    t.handshake_first = b;
+                } else {
+                    let s = v.as_str()?.to_ascii_lowercase();
+                    match s.as_str() {
+                        "true" | "on" => t.handshake_first = true,
+                        "false" | "off" => t.handshake_first = false,
+                        "auto" | "auto_fallback" => {
+                            t.handshake_first = true;
+                            t.first_fallback = Some(Duration::from_millis(50));
+                        }
+                        _ => {
+                            t.handshake_first = true;
+                            t.first_fallback = Some(v.as_duration().map_err(|_| {
+                                v.error(format!("field {:?}'s value {s:?} is invalid", e.key))
+                            })?);
+                        }
+                    }
+                }
+            }
+            _ if e.used_as_variable => {}
+            other => warnings.push(ignored(
+                &e.key_pos,
+                format!("tls option {other:?} is not supported by Tern and is ignored"),
+            )),
+        }
+    }
+    if !has_cert || !has_key {
+        let what = if has_cert { "key_file" } else { "cert_file" };
+        return Err(block.error(format!("missing '{what}' in TLS configuration")));
+    }
+    Ok(t)
 }
 
 fn cluster(m: &Map, opts: &mut Options, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
@@ -213,6 +436,7 @@ fn seconds(v: &Value) -> Result<Duration, ConfigError> {
 /// Applies every key of `map`; returns warnings for keys Tern ignores.
 pub fn apply(map: &Map, opts: &mut Options) -> Result<Vec<String>, ConfigError> {
     let mut warnings = Vec::new();
+    let mut operator = OperatorConfig::default();
     for e in map.iter() {
         let v = &e.value;
         match e.key.to_ascii_lowercase().as_str() {
@@ -229,6 +453,14 @@ pub fn apply(map: &Map, opts: &mut Options) -> Result<Vec<String>, ConfigError> 
                 opts.http_port = Some(p);
             }
             "http_host" => opts.http_host = Some(ip(v)?),
+            "https_port" => opts.https_port = Some(port(v)?),
+            "https" => {
+                let mut host = opts.http_host.unwrap_or(opts.host);
+                let mut p = opts.https_port.unwrap_or(0);
+                listen(v, &mut host, &mut p)?;
+                opts.http_host = Some(host);
+                opts.https_port = Some(p);
+            }
             "max_payload" => opts.max_payload = usize_of(v)?,
             "max_control_line" => opts.max_control_line = usize_of(v)?,
             "max_connections" | "max_conn" => opts.max_connections = usize_of(v)?,
@@ -245,6 +477,31 @@ pub fn apply(map: &Map, opts: &mut Options) -> Result<Vec<String>, ConfigError> 
             "pid_file" => opts.pid_file = Some(v.as_str()?.into()),
             "ports_file_dir" => opts.ports_file_dir = Some(v.as_str()?.into()),
             "authorization" => authorization(v.as_map()?, opts, &mut warnings)?,
+            "no_auth_user" => opts.auth.no_auth_user = Some(v.as_str()?.to_owned()),
+            "tls" => opts.tls = Some(client_tls(v, &mut warnings)?),
+            "allow_non_tls" => opts.allow_non_tls = v.as_bool()?,
+            "operator" | "operators" | "root" | "roots" | "root_operators" | "root_operator" => {
+                match v.as_array() {
+                    Ok(list) => {
+                        for o in list {
+                            operator.operators.push(o.as_str()?.to_owned());
+                        }
+                    }
+                    Err(_) => operator.operators.push(v.as_str()?.to_owned()),
+                }
+                operator.at.get_or_insert_with(|| v.clone());
+            }
+            "system_account" | "system" => operator.system_account = Some(v.as_str()?.to_owned()),
+            "resolver" | "account_resolver" | "accounts_resolver" => {
+                operator.resolver = Some(resolver(v)?)
+            }
+            "resolver_preload" => {
+                for e in v.as_map()?.iter() {
+                    operator
+                        .preload
+                        .insert(e.key.clone(), e.value.as_str()?.trim().to_owned());
+                }
+            }
             "cluster" => cluster(v.as_map()?, opts, &mut warnings)?,
             "server_key_file" => opts.server_key_file = Some(v.as_str()?.into()),
             "client_advertise" => opts.client_advertise = Some(v.as_str()?.to_owned()),
@@ -254,6 +511,18 @@ pub fn apply(map: &Map, opts: &mut Options) -> Result<Vec<String>, ConfigError> 
                 format!("option {other:?} is not supported by Tern and is ignored"),
             )),
         }
+    }
+    if let Some(at) = &operator.at {
+        let trust = crate::auth_jwt::OperatorTrust::new(
+            &operator.operators,
+            operator.system_account.clone(),
+            operator.resolver.clone().unwrap_or(Resolver::Memory),
+            operator.preload.clone(),
+        )
+        .map_err(|e| at.error(e))?;
+        opts.auth.operator = Some(std::sync::Arc::new(trust));
+    } else if operator.resolver.is_some() || !operator.preload.is_empty() {
+        warnings.push("resolver settings without `operator` are ignored".to_owned());
     }
     if opts.max_payload > 64 * 1024 * 1024 {
         return Err(map
@@ -293,7 +562,7 @@ mod tests {
         assert_eq!(o.ping_max, 3);
         assert_eq!(o.write_deadline, Duration::from_secs(2));
         assert_eq!(o.auth.user.as_deref(), Some("derek"));
-        assert_eq!(o.auth_timeout, Duration::from_millis(500));
+        assert_eq!(o.auth_timeout, Some(Duration::from_millis(500)));
     }
 
     #[test]

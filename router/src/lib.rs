@@ -8,10 +8,16 @@
 //! - Core every door shares: [`server`] (connections, shutdown, lame duck),
 //!   [`sublist`] and [`subject`] (the subscription trie and subject rules),
 //!   [`outbound`] (bounded per-connection buffers), [`gojson`] (CONNECT and
-//!   INFO JSON read the way nats-server's Go decoder reads it).
+//!   INFO JSON read the way nats-server's Go decoder reads it), [`auth`] and
+//!   [`auth_jwt`] (who a connection is: passwords, tokens, nkeys,
+//!   certificates, operator-mode JWTs; the checks themselves live in `peer`).
 //! - Process plumbing: [`cli`], [`config`], [`config_file`], [`options`],
 //!   [`logging`], [`reload`] (SIGHUP), [`control`] (`--signal`).
 
+#![recursion_limit = "256"]
+
+pub mod auth;
+pub mod auth_jwt;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -156,14 +156,26 @@ async fn run(mut opts: Options, reloader: Reloader) -> ExitCode {
         }
     }
     let mut monitoring = None;
-    if let Some(port) = opts.http_port {
+    let monitor_tls = match opts.monitor_tls().transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("monitoring TLS: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(port) = opts.http_port.or(opts.https_port) {
         let addr = SocketAddr::new(opts.http_host.unwrap_or(opts.host), port);
         match transport::tcp::bind(addr).await {
             Ok(l) => {
                 let bound = l.local_addr().expect("bound address");
-                tracing::info!("Starting http monitor on http://{bound}");
+                let scheme = if monitor_tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                tracing::info!("Starting {scheme} monitor on {scheme}://{bound}");
                 *server.http_addr.lock() = Some(bound);
-                monitoring = Some(tokio::spawn(monitor::serve(server.clone(), l)));
+                monitoring = Some(tokio::spawn(monitor::serve(server.clone(), l, monitor_tls)));
             }
             Err(e) => {
                 tracing::error!("cannot listen for monitoring on {addr}: {e}");
@@ -173,7 +185,12 @@ async fn run(mut opts: Options, reloader: Reloader) -> ExitCode {
     }
     tracing::info!("Listening for client connections on {bound}");
     if let Some(dir) = &opts.ports_file_dir {
-        if let Err(e) = write_ports_file(dir, bound, *server.http_addr.lock()) {
+        let scheme = if opts.https_port.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        if let Err(e) = write_ports_file(dir, bound, *server.http_addr.lock(), scheme) {
             tracing::error!("cannot write ports file: {e}");
         }
     }
@@ -306,6 +323,7 @@ fn write_ports_file(
     dir: &std::path::Path,
     client: SocketAddr,
     http: Option<SocketAddr>,
+    http_scheme: &str,
 ) -> std::io::Result<()> {
     let host = |a: SocketAddr| {
         if a.ip().is_unspecified() {
@@ -317,7 +335,8 @@ fn write_ports_file(
     let mut doc =
         serde_json::json!({ "nats": [format!("nats://{}:{}", host(client), client.port())] });
     if let Some(h) = http {
-        doc["monitoring"] = serde_json::json!([format!("http://{}:{}", host(h), h.port())]);
+        doc["monitoring"] =
+            serde_json::json!([format!("{http_scheme}://{}:{}", host(h), h.port())]);
     }
     let path = ports_file_path(dir);
     let tmp = path.with_extension("ports.tmp");

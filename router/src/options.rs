@@ -16,19 +16,54 @@ pub struct Auth {
     pub token: Option<String>,
     /// A list of users from `authorization { users: [...] }`.
     pub users: Vec<UserEntry>,
+    /// nkey users (`users: [ { nkey: "U..." } ]`).
+    pub nkeys: Vec<NkeyUser>,
+    /// The user (name or nkey) a client that presents no credentials is.
+    pub no_auth_user: Option<String>,
+    /// Operator mode: user JWTs chained to trusted operators.
+    pub operator: Option<std::sync::Arc<crate::auth_jwt::OperatorTrust>>,
+    /// Users without a password can only be certificate-mapped users, so
+    /// their empty password must never match an empty one in CONNECT.
+    pub tls_map_users: bool,
 }
 
 /// One entry of `authorization { users: [...] }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserEntry {
     pub user: String,
-    pub password: String,
+    /// `None` for a user identified by its certificate (`verify_and_map`).
+    pub password: Option<String>,
+    /// The user's `permissions` (or the block's `default_permissions`).
+    pub permissions: Option<std::sync::Arc<crate::auth::Permissions>>,
+}
+
+/// One nkey user: its public key and permissions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NkeyUser {
+    pub nkey: String,
+    pub permissions: Option<std::sync::Arc<crate::auth::Permissions>>,
 }
 
 impl Auth {
     /// Whether a client must authenticate before anything else.
     pub fn required(&self) -> bool {
-        self.user.is_some() || self.token.is_some() || !self.users.is_empty()
+        self.user.is_some()
+            || self.token.is_some()
+            || !self.users.is_empty()
+            || !self.nkeys.is_empty()
+            || self.operator.is_some()
+    }
+
+    /// Whether INFO carries a nonce for the client to sign: only when some
+    /// user authenticates with a key, as in nats-server.
+    pub fn nonce_required(&self) -> bool {
+        !self.nkeys.is_empty() || self.operator.is_some()
+    }
+
+    /// What INFO says in `auth_required`: a `no_auth_user` lets clients in
+    /// without credentials, so nats-server does not announce it then.
+    pub fn announce_required(&self) -> bool {
+        self.required() && self.no_auth_user.is_none()
     }
 }
 
@@ -42,6 +77,8 @@ pub struct Options {
     /// Monitoring port; `None` disables monitoring, `Some(0)` picks a random port.
     pub http_port: Option<u16>,
     pub http_host: Option<IpAddr>,
+    /// Monitoring over HTTPS (`https_port`), with the client `tls {}` certificate.
+    pub https_port: Option<u16>,
     pub max_payload: usize,
     pub max_control_line: usize,
     /// 0 means unlimited.
@@ -54,7 +91,9 @@ pub struct Options {
     pub ping_interval: Duration,
     pub ping_max: u32,
     pub auth: Auth,
-    pub auth_timeout: Duration,
+    /// `authorization { timeout }`; unset, it is nats-server's default
+    /// (see [`Options::auth_timeout`]).
+    pub auth_timeout: Option<Duration>,
     pub lame_duck_duration: Duration,
     pub lame_duck_grace_period: Duration,
     pub debug: bool,
@@ -70,6 +109,26 @@ pub struct Options {
     /// `host:port` advertised to clients in INFO `connect_urls`.
     pub client_advertise: Option<String>,
     pub cluster: crate::cluster::ClusterOptions,
+    /// TLS on the client port (`tls {}` or `--tls*`).
+    pub tls: Option<ClientTls>,
+    /// `allow_non_tls`: with TLS configured, plaintext clients are served too.
+    pub allow_non_tls: bool,
+}
+
+/// TLS on the client listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientTls {
+    /// Certificates, keys and verification, as the transport builds them.
+    pub settings: transport::tls::TlsSettings,
+    /// `tls { timeout }`: how long a handshake may take.
+    pub timeout: Duration,
+    /// `handshake_first`: the TLS handshake comes before INFO.
+    pub handshake_first: bool,
+    /// With `handshake_first: "300ms"` / `auto`: plaintext clients that send
+    /// nothing for this long get INFO in clear, as nats-server falls back.
+    pub first_fallback: Option<Duration>,
+    /// `verify_and_map`: the client certificate names the user.
+    pub verify_and_map: bool,
 }
 
 impl Options {
@@ -81,7 +140,53 @@ impl Options {
                 self.max_payload, self.max_pending
             ));
         }
+        if let Some(tls) = &self.tls {
+            transport::tls::server_config(&tls.settings).map_err(|e| e.to_string())?;
+        }
+        if self.https_port.is_some() {
+            if self.http_port.is_some() {
+                return Err("can't specify both HTTP and HTTPS monitoring ports".into());
+            }
+            if self.tls.is_none() {
+                return Err("TLS config required for HTTPS monitoring (https_port)".into());
+            }
+        }
+        if let Some(u) = &self.auth.no_auth_user {
+            let known = self.auth.users.iter().any(|e| &e.user == u)
+                || self.auth.nkeys.iter().any(|k| &k.nkey == u);
+            if !known {
+                return Err(format!(
+                    "no_auth_user: {u:?} not present as user or nkey in authorization block or account configuration"
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+impl Options {
+    /// How long a client has to authenticate: as configured, else 2 s, or
+    /// the TLS timeout plus one second on a TLS port, as nats-server.
+    pub fn auth_timeout(&self) -> Duration {
+        self.auth_timeout.unwrap_or_else(|| match &self.tls {
+            Some(t) => t.timeout + Duration::from_secs(1),
+            None => Duration::from_secs(2),
+        })
+    }
+
+    /// The monitoring listener's TLS (`https_port`): the client port's
+    /// certificate without client verification, as nats-server serves it.
+    pub fn monitor_tls(&self) -> Option<Result<transport::tls::TlsAcceptor, String>> {
+        self.https_port?;
+        let tls = self.tls.as_ref()?;
+        let mut settings = tls.settings.clone();
+        settings.verify = false;
+        settings.pinned_certs.clear();
+        Some(
+            transport::tls::server_config(&settings)
+                .map(transport::tls::TlsAcceptor::from)
+                .map_err(|e| e.to_string()),
+        )
     }
 }
 
@@ -96,6 +201,7 @@ impl Default for Options {
             server_name: None,
             http_port: None,
             http_host: None,
+            https_port: None,
             max_payload: nats_proto::DEFAULT_MAX_PAYLOAD,
             max_control_line: nats_proto::DEFAULT_MAX_CONTROL_LINE,
             max_connections: 64 * 1024,
@@ -105,7 +211,7 @@ impl Default for Options {
             ping_interval: Duration::from_secs(120),
             ping_max: 2,
             auth: Auth::default(),
-            auth_timeout: Duration::from_secs(2),
+            auth_timeout: None,
             lame_duck_duration: Duration::from_secs(120),
             lame_duck_grace_period: Duration::from_secs(10),
             debug: false,
@@ -117,6 +223,8 @@ impl Default for Options {
             server_key_file: None,
             client_advertise: None,
             cluster: Default::default(),
+            tls: None,
+            allow_non_tls: false,
         }
     }
 }

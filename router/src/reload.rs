@@ -74,6 +74,13 @@ fn apply_changeable(live: &mut Options, old: &Options, new: &Options) -> Vec<Str
         changes.push("authorization".to_owned());
     }
     live.auth = new.auth.clone();
+    if old.tls != new.tls || old.allow_non_tls != new.allow_non_tls {
+        changes.push("tls".to_owned());
+    }
+    // Certificates are read again even when the paths stay the same, so a
+    // renewed certificate applies to new connections.
+    live.tls = new.tls.clone();
+    live.allow_non_tls = new.allow_non_tls;
     macro_rules! changeable {
         ($($name:literal => $field:ident),* $(,)?) => {$(
             if old.$field != new.$field {
@@ -164,10 +171,18 @@ fn enforce(server: &Arc<Server>) {
     for c in clients {
         let creds = c.credentials.lock().clone();
         if let Some(cr) = creds {
-            if !server.authenticate(&cr.user, &cr.pass, &cr.token) {
-                tracing::debug!(cid = c.cid, "credentials no longer accepted after reload");
-                c.send_err("Authorization Violation");
-                c.close(CloseReason::AuthenticationViolation, false);
+            if let Err(why) = server.authenticate(&cr, c.auth_context(&server.live())) {
+                tracing::info!(
+                    cid = c.cid,
+                    "credentials no longer accepted after reload: {why}"
+                );
+                if why.revoked {
+                    c.send_err("User Authentication Revoked");
+                    c.close(CloseReason::AuthenticationRevoked, false);
+                } else {
+                    c.send_err("Authorization Violation");
+                    c.close(CloseReason::AuthenticationViolation, false);
+                }
                 continue;
             }
         }

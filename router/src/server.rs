@@ -8,10 +8,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use transport::tls::TlsAcceptor;
 
+use crate::auth::{self, Presented};
 use crate::client::{self, Client, CloseReason, SubRef};
-use crate::options::Options;
+use crate::options::{ClientTls, Options};
 use crate::sublist::Sublist;
 
 /// The version Tern reports in INFO and /varz.
@@ -35,9 +37,15 @@ pub struct InfoBase {
     pub host: String,
     pub port: u16,
     pub headers: bool,
-    pub max_payload: usize,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub auth_required: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls_required: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls_verify: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls_available: bool,
+    pub max_payload: usize,
 }
 
 /// The INFO a particular client is sent.
@@ -47,14 +55,16 @@ struct ClientInfo<'a> {
     base: &'a InfoBase,
     client_id: u64,
     client_ip: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nonce: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connect_urls: Option<Vec<String>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     ldm: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     connect_info: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    remote_account: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    connect_urls: Option<Vec<String>>,
+    remote_account: Option<&'a str>,
 }
 
 /// A connection that has closed, as /connz reports it.
@@ -74,6 +84,17 @@ pub struct ClosedClient {
     pub out_bytes: u64,
     /// Bytes still queued for it when it closed (dropped, for a slow consumer).
     pub pending_bytes: usize,
+    pub user: Option<String>,
+    pub account: Option<String>,
+    pub tls_version: &'static str,
+    pub tls_cipher: String,
+}
+
+/// The subject space of one JWT account: its clients publish and subscribe
+/// here and never see another account's subjects.
+pub struct Space {
+    pub account: String,
+    pub sublist: Sublist<SubRef>,
 }
 
 /// Server-wide message totals.
@@ -98,6 +119,8 @@ pub struct Server {
     live_generation: AtomicU64,
     pub info: InfoBase,
     pub sublist: Sublist<SubRef>,
+    /// Subject spaces of JWT accounts, created on their first user.
+    pub spaces: Mutex<HashMap<String, Arc<Space>>>,
     /// Set once clustering has started.
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     pub clients: Mutex<HashMap<u64, Arc<Client>>>,
@@ -111,12 +134,35 @@ pub struct Server {
     next_cid: AtomicU64,
     next_sub: AtomicU64,
     lame_duck: AtomicBool,
+    /// The client port's TLS, rebuilt by a reload (new certificates apply
+    /// to new connections).
+    tls: RwLock<Option<TlsAcceptor>>,
     /// Becomes true when the server stops accepting clients.
     stop_accepting: tokio::sync::watch::Sender<bool>,
     /// Becomes true once the client listener is closed (new connections are
     /// refused by the kernel from then on).
     listener_closed: tokio::sync::watch::Sender<bool>,
     shutting_down: AtomicBool,
+}
+
+/// Builds the client port's TLS acceptor; options were validated, so a
+/// failure here means files changed since, and is logged.
+fn tls_acceptor(opts: &Options) -> Option<TlsAcceptor> {
+    let tls = opts.tls.as_ref()?;
+    match transport::tls::server_config(&tls.settings) {
+        Ok(c) => Some(TlsAcceptor::from(c)),
+        Err(e) => {
+            tracing::error!("client TLS: {e}");
+            None
+        }
+    }
+}
+
+/// nats-server's answer to a connection over `max_connections`.
+fn refuse_max_connections(client: &Client, addr: SocketAddr) {
+    tracing::error!(%addr, "maximum connections exceeded");
+    client.send_err("maximum connections exceeded");
+    client.close(CloseReason::MaxConnectionsExceeded, false);
 }
 
 impl Server {
@@ -135,15 +181,21 @@ impl Server {
             host: opts.host.to_string(),
             port: opts.port,
             headers: true,
+            auth_required: opts.auth.announce_required(),
+            tls_required: false,
+            tls_verify: false,
+            tls_available: false,
             max_payload: opts.max_payload,
-            auth_required: opts.auth.required(),
         };
+        let tls = tls_acceptor(&opts);
         Arc::new(Server {
             live: RwLock::new(Arc::new(opts.clone())),
+            tls: RwLock::new(tls),
             live_generation: AtomicU64::new(0),
             opts,
             info,
             sublist: Sublist::new(),
+            spaces: Mutex::new(HashMap::new()),
             cluster: std::sync::OnceLock::new(),
             clients: Mutex::new(HashMap::new()),
             closed: Mutex::new(Default::default()),
@@ -173,8 +225,23 @@ impl Server {
 
     /// Installs reloaded options (see `crate::reload`).
     pub(crate) fn set_live(&self, opts: Options) {
+        *self.tls.write() = tls_acceptor(&opts);
         *self.live.write() = Arc::new(opts);
         self.live_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The subject space of JWT account `account`, made on first use.
+    pub fn account_space(&self, account: &str) -> Arc<Space> {
+        self.spaces
+            .lock()
+            .entry(account.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Space {
+                    account: account.to_owned(),
+                    sublist: Sublist::new(),
+                })
+            })
+            .clone()
     }
 
     /// A fresh subscription id.
@@ -182,37 +249,13 @@ impl Server {
         self.next_sub.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Checks CONNECT credentials against the configured authorization.
+    /// Checks CONNECT credentials against the current authorization.
     pub fn authenticate(
         &self,
-        user: &Option<String>,
-        pass: &Option<String>,
-        token: &Option<String>,
-    ) -> bool {
-        let live = self.live();
-        let auth = &live.auth;
-        if !auth.required() {
-            return true;
-        }
-        // Configured passwords and tokens may be bcrypt hashes.
-        let secret_ok = |configured: &str, given: &Option<String>| {
-            given
-                .as_deref()
-                .is_some_and(|g| peer::password::matches(configured, g))
-        };
-        if let Some(t) = &auth.token {
-            if secret_ok(t, token) {
-                return true;
-            }
-        }
-        if let (Some(u), Some(p)) = (&auth.user, &auth.password) {
-            if user.as_deref() == Some(u.as_str()) && secret_ok(p, pass) {
-                return true;
-            }
-        }
-        auth.users
-            .iter()
-            .any(|e| user.as_deref() == Some(e.user.as_str()) && secret_ok(&e.password, pass))
+        presented: &Presented,
+        cx: auth::Context<'_>,
+    ) -> Result<auth::Identity, auth::Refusal> {
+        auth::authenticate(&self.live().auth, presented, cx)
     }
 
     /// Adds one read batch's traffic to the server totals.
@@ -253,6 +296,12 @@ impl Server {
     /// Takes a subscription out of the trie (its client has already let go of
     /// it) and tells the cluster.
     pub fn forget_subscription(&self, sub: &SubRef) {
+        if let Some(space) = &sub.space {
+            space
+                .sublist
+                .remove(&sub.subject, sub.queue.as_deref(), sub.id);
+            return;
+        }
         if self
             .sublist
             .remove(&sub.subject, sub.queue.as_deref(), sub.id)
@@ -334,15 +383,23 @@ impl Server {
         let live = self.live();
         let mut base = self.info.clone();
         base.max_payload = live.max_payload;
-        base.auth_required = live.auth.required();
+        base.auth_required = live.auth.announce_required();
+        if let Some(tls) = &live.tls {
+            base.tls_required = !live.allow_non_tls || tls.handshake_first;
+            base.tls_verify = tls.settings.verify;
+            base.tls_available = !base.tls_required;
+        }
+        let account = client.account.lock().clone();
+        let account = account.as_deref().unwrap_or("$G");
         let info = ClientInfo {
             base: &base,
             client_id: client.cid,
             client_ip: client.addr.ip().to_string(),
+            nonce: client.nonce.as_deref(),
+            connect_urls: self.cluster.get().map(|c| c.connect_urls()),
             ldm: self.lame_duck.load(Ordering::Relaxed),
             connect_info,
-            remote_account: connect_info.then_some("$G"),
-            connect_urls: self.cluster.get().map(|c| c.connect_urls()),
+            remote_account: connect_info.then_some(account),
         };
         let mut line = b"INFO ".to_vec();
         serde_json::to_writer(&mut line, &info).expect("INFO serializes");
@@ -365,14 +422,22 @@ impl Server {
                 .close_reason()
                 .unwrap_or(CloseReason::ClientClosed)
                 .as_str(),
-            name: meta.name,
-            lang: meta.lang,
-            version: meta.version,
+            name: meta.name.clone(),
+            lang: meta.lang.clone(),
+            version: meta.version.clone(),
             in_msgs: client.in_msgs.load(Ordering::Relaxed),
             in_bytes: client.in_bytes.load(Ordering::Relaxed),
             out_msgs: totals.msgs,
             out_bytes: totals.bytes,
             pending_bytes: client.out.pending_at_close(),
+            user: meta.user,
+            account: client.account.lock().clone(),
+            tls_version: client.tls.get().map_or("", |t| t.version),
+            tls_cipher: client
+                .tls
+                .get()
+                .map(|t| t.cipher.clone())
+                .unwrap_or_default(),
         };
         let mut ring = self.closed.lock();
         if ring.len() >= CLOSED_RING {
@@ -424,32 +489,144 @@ impl Server {
         }
     }
 
-    fn start_client(self: Arc<Self>, stream: tokio::net::TcpStream, addr: SocketAddr) {
+    fn start_client(self: Arc<Self>, stream: TcpStream, addr: SocketAddr) {
         if self.in_lame_duck() || self.shutting_down.load(Ordering::Relaxed) {
             return; // dropping the stream closes it
         }
         let cid = self.next_cid.fetch_add(1, Ordering::Relaxed);
         let live = self.live();
-        let client = Arc::new(Client::new(cid, addr, live.max_pending));
-        client.send_proto(&self.info_line(&client));
-        {
+        let nonce = live.auth.nonce_required().then(peer::nonce::new_nonce);
+        let client = Arc::new(Client::new(cid, addr, live.max_pending, nonce));
+        let tls = match (&live.tls, self.tls.read().clone()) {
+            (Some(t), Some(acceptor)) => Some((t.clone(), acceptor)),
+            _ => None,
+        };
+        let admitted = {
             let mut clients = self.clients.lock();
             let max = live.max_connections;
             if max > 0 && clients.len() >= max {
-                drop(clients);
-                tracing::error!(%addr, "maximum connections exceeded");
-                client.send_err("maximum connections exceeded");
-                client.close(CloseReason::MaxConnectionsExceeded, false);
+                false
             } else {
                 clients.insert(cid, client.clone());
                 self.traffic
                     .total_connections
                     .fetch_add(1, Ordering::Relaxed);
+                true
+            }
+        };
+        tracing::debug!(cid, %addr, "client connection created");
+        let Some((tls, acceptor)) = tls else {
+            client.send_proto(&self.info_line(&client));
+            if !admitted {
+                refuse_max_connections(&client, addr);
+            }
+            let (reader, writer) = stream.into_split();
+            tokio::spawn(client::serve(self, client, reader, writer));
+            return;
+        };
+        tokio::spawn(async move {
+            self.serve_tls(client, stream, tls, acceptor, live.allow_non_tls, admitted)
+                .await
+        });
+    }
+
+    /// A connection on a TLS port: INFO in clear then the handshake, or the
+    /// handshake first (`handshake_first`), or either when `allow_non_tls`
+    /// lets the client's first byte decide, as nats-server does.
+    async fn serve_tls(
+        self: Arc<Self>,
+        client: Arc<Client>,
+        mut stream: TcpStream,
+        tls: ClientTls,
+        acceptor: TlsAcceptor,
+        allow_non_tls: bool,
+        admitted: bool,
+    ) {
+        use tokio::io::AsyncWriteExt;
+        let addr = client.addr;
+        let mut first = tls.handshake_first;
+        if first {
+            if let Some(wait) = tls.first_fallback {
+                // Nothing within the fallback delay: a plaintext client.
+                if transport::tls::sniff_tls(&stream, wait).await.is_none() {
+                    first = false;
+                }
             }
         }
-        tracing::debug!(cid, %addr, "client connection created");
-        let (reader, writer) = stream.into_split();
-        tokio::spawn(client::serve(self, client, reader, writer));
+        if !first {
+            // INFO goes out in clear before the handshake.
+            let info = self.info_line(&client);
+            if stream.write_all(&info).await.is_err() {
+                client.close(CloseReason::WriteError, true);
+                self.remove_client(&client);
+                return;
+            }
+            if allow_non_tls || tls.first_fallback.is_some() {
+                let is_tls = transport::tls::sniff_tls(&stream, tls.timeout).await;
+                if is_tls != Some(true) {
+                    // A plaintext client (or a silent one, which the auth
+                    // timeout or the ping timer will deal with).
+                    if !admitted {
+                        refuse_max_connections(&client, addr);
+                    }
+                    let (reader, writer) = stream.into_split();
+                    client::serve(self, client, reader, writer).await;
+                    return;
+                }
+            }
+        }
+        // A client that talks plaintext where TLS is required is closed
+        // without a word (rustls would answer with an alert; Go does not).
+        let started = tokio::time::Instant::now();
+        match transport::tls::sniff_tls(&stream, tls.timeout).await {
+            Some(true) => {}
+            sniffed => {
+                let why = if sniffed.is_some() {
+                    "first record does not look like a TLS handshake"
+                } else {
+                    "timeout"
+                };
+                tracing::error!(cid = client.cid, %addr, "TLS handshake error: {why}");
+                client.close(CloseReason::TlsHandshakeError, true);
+                self.remove_client(&client);
+                return;
+            }
+        }
+        let left = tls.timeout.saturating_sub(started.elapsed());
+        let tls_stream =
+            match transport::tls::accept(&acceptor, stream, left, &tls.settings.pinned_certs).await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    match e {
+                        transport::tls::HandshakeError::Timeout => {
+                            tracing::error!(cid = client.cid, %addr, "TLS handshake timeout")
+                        }
+                        e => tracing::error!(cid = client.cid, %addr, "TLS handshake error: {e}"),
+                    }
+                    client.close(CloseReason::TlsHandshakeError, true);
+                    self.remove_client(&client);
+                    return;
+                }
+            };
+        {
+            let (version, cipher) = transport::tls::negotiated(&tls_stream);
+            let _ = client.tls.set(client::TlsInfo {
+                version,
+                cipher,
+                names: transport::tls::peer_certificate(&tls_stream)
+                    .and_then(|c| peer::cert_names::CertNames::from_der(&c)),
+            });
+            tracing::debug!(cid = client.cid, version, "TLS handshake complete");
+        }
+        if first {
+            client.send_proto(&self.info_line(&client));
+        }
+        if !admitted {
+            refuse_max_connections(&client, addr);
+        }
+        let (reader, writer) = tokio::io::split(tls_stream);
+        client::serve(self, client, reader, writer).await;
     }
 
     /// Stops accepting and closes every client after flushing what it has queued.

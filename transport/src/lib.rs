@@ -7,3 +7,4 @@
 pub mod flood;
 pub mod quic;
 pub mod tcp;
+pub mod tls;

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::Notify;
 
+use crate::auth::{self, Presented};
 use crate::gojson::{self, Value};
 use crate::outbound::{Outbound, PushError, WriteFailure};
-use crate::server::Server;
+use crate::server::{Server, Space};
 use crate::subject::{valid_publish_subject, valid_subscribe_subject};
 use crate::sublist::SubItem;
 
@@ -35,6 +36,9 @@ pub enum CloseReason {
     MaxConnectionsExceeded,
     StaleConnection,
     ServerShutdown,
+    TlsHandshakeError,
+    AuthenticationExpired,
+    AuthenticationRevoked,
 }
 
 impl CloseReason {
@@ -54,6 +58,9 @@ impl CloseReason {
             CloseReason::MaxConnectionsExceeded => "Maximum Connections Exceeded",
             CloseReason::StaleConnection => "Stale Connection",
             CloseReason::ServerShutdown => "Server Shutdown",
+            CloseReason::TlsHandshakeError => "TLS Handshake Failure",
+            CloseReason::AuthenticationExpired => "Authentication Expired",
+            CloseReason::AuthenticationRevoked => "Authentication Revoked",
         }
     }
 }
@@ -67,13 +74,14 @@ pub struct ClientMeta {
     pub user: Option<String>,
 }
 
-/// The credentials a client sent in CONNECT, kept so a config reload can
-/// check them again and close the connection if they no longer pass.
-#[derive(Debug, Clone, Default)]
-pub struct Credentials {
-    pub user: Option<String>,
-    pub pass: Option<String>,
-    pub token: Option<String>,
+/// What the TLS handshake established, for /connz and `verify_and_map`.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// "1.2" or "1.3".
+    pub version: &'static str,
+    pub cipher: String,
+    /// Names from the client certificate, when one was presented.
+    pub names: Option<peer::cert_names::CertNames>,
 }
 
 /// A subscription as the trie stores it.
@@ -87,6 +95,9 @@ pub struct Subscription {
     /// Auto-unsubscribe limit; 0 means none.
     pub max: AtomicU64,
     pub delivered: AtomicU64,
+    /// The subject space of a JWT account the subscription lives in; `None`
+    /// is the global account (the server's own trie, shared with the cluster).
+    pub space: Option<Arc<Space>>,
 }
 
 /// Shared handle to a subscription.
@@ -113,8 +124,14 @@ pub struct Client {
     pub async_info: AtomicBool,
     pub subs: Mutex<HashMap<Bytes, SubRef>>,
     pub meta: Mutex<ClientMeta>,
-    /// Set once CONNECT is accepted.
-    pub credentials: Mutex<Option<Credentials>>,
+    /// What CONNECT presented (kept so a config reload can check it again).
+    pub credentials: Mutex<Option<Presented>>,
+    /// The nonce INFO carried, for nkey and JWT signatures.
+    pub nonce: Option<String>,
+    /// Set once a TLS handshake completes.
+    pub tls: OnceLock<TlsInfo>,
+    /// The account an authenticated JWT user belongs to (`None`: global).
+    pub account: Mutex<Option<String>>,
     pub in_msgs: AtomicU64,
     pub in_bytes: AtomicU64,
     /// Unix time in nanoseconds of the last read from this client.
@@ -126,7 +143,7 @@ pub struct Client {
 
 impl Client {
     /// A freshly accepted connection.
-    pub fn new(cid: u64, addr: SocketAddr, max_pending: usize) -> Self {
+    pub fn new(cid: u64, addr: SocketAddr, max_pending: usize, nonce: Option<String>) -> Self {
         Client {
             cid,
             addr,
@@ -138,6 +155,9 @@ impl Client {
             subs: Mutex::new(HashMap::new()),
             meta: Mutex::new(ClientMeta::default()),
             credentials: Mutex::new(None),
+            nonce,
+            tls: OnceLock::new(),
+            account: Mutex::new(None),
             in_msgs: AtomicU64::new(0),
             in_bytes: AtomicU64::new(0),
             last_activity: AtomicU64::new(unix_nanos(SystemTime::now())),
@@ -176,6 +196,17 @@ impl Client {
         self.reason.get().copied()
     }
 
+    /// What the connection itself contributes to authentication.
+    pub fn auth_context<'a>(&'a self, opts: &crate::options::Options) -> auth::Context<'a> {
+        auth::Context {
+            nonce: self.nonce.as_deref(),
+            cert: self.tls.get().and_then(|t| t.names.as_ref()),
+            tls_map: opts.tls.as_ref().is_some_and(|t| t.verify_and_map)
+                && self.tls.get().is_some(),
+            ip: Some(self.addr.ip()),
+        }
+    }
+
     /// Queues a protocol line (not counted as a message).
     pub fn send_proto(&self, bytes: &[u8]) {
         let _ = self.out.push(None, |b| b.extend_from_slice(bytes));
@@ -204,6 +235,9 @@ struct ConnectOpts {
     user: Option<String>,
     pass: Option<String>,
     auth_token: Option<String>,
+    nkey: Option<String>,
+    sig: Option<String>,
+    jwt: Option<String>,
     account: String,
     new_account: bool,
 }
@@ -223,6 +257,9 @@ impl Default for ConnectOpts {
             user: None,
             pass: None,
             auth_token: None,
+            nkey: None,
+            sig: None,
+            jwt: None,
             account: String::new(),
             new_account: false,
         }
@@ -258,6 +295,9 @@ impl ConnectOpts {
                 "user" => self.user = Some(text(value)),
                 "pass" => self.pass = Some(text(value)),
                 "auth_token" => self.auth_token = Some(text(value)),
+                "nkey" => self.nkey = Some(text(value)),
+                "sig" => self.sig = Some(text(value)),
+                "jwt" => self.jwt = Some(text(value)),
                 "account" => self.account = text(value),
                 _ => {}
             }
@@ -300,6 +340,14 @@ struct Session {
     /// Messages and bytes this read batch delivered, added to server totals per batch.
     out_msgs: u64,
     out_bytes: u64,
+    /// The JWT account's subject space; `None` is the global account.
+    space: Option<Arc<Space>>,
+    /// The authenticated user's own limits and rules (JWT users).
+    user_max_subs: Option<usize>,
+    user_max_payload: Option<usize>,
+    perms: Option<Arc<auth::Permissions>>,
+    /// When the user's credentials expire (JWT `exp`).
+    expires: Option<tokio::time::Instant>,
 }
 
 /// Serves one accepted connection until it closes.
@@ -354,6 +402,11 @@ where
         last_ping_sent: None,
         out_msgs: 0,
         out_bytes: 0,
+        space: None,
+        user_max_subs: None,
+        user_max_payload: None,
+        perms: None,
+        expires: None,
     };
     session.read_loop(reader).await;
     session.cleanup();
@@ -367,7 +420,7 @@ impl Session {
         let auth_deadline = opts
             .auth
             .required()
-            .then(|| tokio::time::Instant::now() + opts.auth_timeout);
+            .then(|| tokio::time::Instant::now() + opts.auth_timeout());
         let mut buf = BytesMut::with_capacity(32 * 1024);
         loop {
             let want = self.parser.bytes_wanted(buf.len()).max(16 * 1024);
@@ -389,6 +442,12 @@ impl Session {
                     }
                     Err(_) => { self.client.close(CloseReason::ReadError, true); return; }
                 },
+                _ = until(self.expires), if self.expires.is_some() => {
+                    tracing::info!(cid = self.client.cid, "user credentials expired");
+                    self.client.send_err("User Authentication Expired");
+                    self.client.close(CloseReason::AuthenticationExpired, false);
+                    return;
+                }
                 _ = auth_sleep, if !self.connected => {
                     self.client.send_err("Authentication Timeout");
                     self.client.close(CloseReason::AuthenticationTimeout, false);
@@ -404,16 +463,56 @@ impl Session {
         }
     }
 
+    /// The subscription trie of this connection's account.
+    fn sublist(&self) -> &crate::sublist::Sublist<SubRef> {
+        match &self.space {
+            Some(space) => &space.sublist,
+            None => &self.server.sublist,
+        }
+    }
+
+    /// Takes on what authentication granted: the account, and a JWT user's
+    /// limits, permissions and expiry.
+    fn apply_identity(&mut self, id: &auth::Identity) {
+        *self.client.account.lock() = id.account.clone();
+        self.space = id.account.as_deref().map(|a| self.server.account_space(a));
+        // Only the global account is routed across the cluster for now.
+        self.cluster = match self.space {
+            Some(_) => None,
+            None => self.server.cluster.get().cloned(),
+        };
+        let limit = |v: Option<i64>| v.filter(|n| *n >= 0).map(|n| n as usize);
+        self.user_max_subs = limit(id.max_subs);
+        self.user_max_payload = limit(id.max_payload);
+        self.perms = id.permissions.clone();
+        self.expires = id.expires.map(|t| {
+            let left = t
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::time::Instant::now() + left
+        });
+        self.apply_limits();
+    }
+
+    /// Parser limits: the server's, lowered by the user's own payload limit.
+    fn apply_limits(&mut self) {
+        let mut max_payload = self.cfg.max_payload;
+        if let Some(m) = self.user_max_payload {
+            max_payload = max_payload.min(m);
+        }
+        self.parser.set_limits(Limits {
+            max_control_line: self.cfg.max_control_line,
+            max_payload,
+        });
+    }
+
     /// Picks up options changed by a config reload.
     fn refresh_cfg(&mut self) {
         let generation = self.server.live_generation();
         if generation != self.cfg_generation {
             self.cfg_generation = generation;
             self.cfg = self.server.live();
-            self.parser.set_limits(Limits {
-                max_control_line: self.cfg.max_control_line,
-                max_payload: self.cfg.max_payload,
-            });
+            self.apply_limits();
         }
     }
 
@@ -633,21 +732,36 @@ impl Session {
         }
         // Recorded before the check: a reload that swaps the options between
         // the two then still finds (and re-checks) them.
-        *self.client.credentials.lock() = Some(Credentials {
+        let presented = Presented {
             user: opts.user.clone(),
             pass: opts.pass.clone(),
             token: opts.auth_token.clone(),
-        });
-        if !self
+            nkey: opts.nkey.clone(),
+            sig: opts.sig.clone(),
+            jwt: opts.jwt.clone(),
+        };
+        *self.client.credentials.lock() = Some(presented.clone());
+        let identity = match self
             .server
-            .authenticate(&opts.user, &opts.pass, &opts.auth_token)
-            // Naming an account in CONNECT is refused, as in nats-server.
-            || opts.new_account
-            || !opts.account.is_empty()
+            .authenticate(&presented, self.client.auth_context(&self.cfg))
         {
+            Ok(id) => id,
+            Err(why) => {
+                tracing::error!(
+                    cid = self.client.cid,
+                    addr = %self.client.addr,
+                    "authentication error: {why}"
+                );
+                self.auth_violation();
+                return false;
+            }
+        };
+        // Naming an account in CONNECT is refused, as in nats-server.
+        if opts.new_account || !opts.account.is_empty() {
             self.auth_violation();
             return false;
         }
+        self.apply_identity(&identity);
         if !(0..=1).contains(&opts.protocol) {
             self.client.send_err("invalid client protocol");
             self.client.close(CloseReason::ProtocolViolation, false);
@@ -674,7 +788,7 @@ impl Session {
             meta.name = opts.name.clone();
             meta.lang = opts.lang.clone();
             meta.version = opts.version.clone();
-            meta.user = opts.user.clone();
+            meta.user = identity.user.clone().or_else(|| identity.nkey.clone());
         }
         self.opts = opts;
         self.connected = true;
@@ -684,7 +798,13 @@ impl Session {
 
     fn subscribe(&mut self, subject: Bytes, queue: Option<Bytes>, sid: Bytes) {
         let server = &self.server;
-        let max_subs = self.cfg.max_subscriptions;
+        // The server's limit (0: none) and the user's own (JWT `subs`,
+        // where 0 allows none), whichever is lower.
+        let server_max = (self.cfg.max_subscriptions > 0).then_some(self.cfg.max_subscriptions);
+        let max_subs = match (server_max, self.user_max_subs) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let valid = valid_subscribe_subject(&subject)
             && queue
                 .as_deref()
@@ -693,6 +813,21 @@ impl Session {
             self.client.send_err("Invalid Subject");
             return;
         }
+        if let Some(p) = &self.perms {
+            if !p.can_subscribe(&subject, queue.as_deref()) {
+                let subj = String::from_utf8_lossy(&subject);
+                let text = match &queue {
+                    Some(q) => format!(
+                        "Permissions Violation for Subscription to {subj:?} using queue {:?}",
+                        String::from_utf8_lossy(q)
+                    ),
+                    None => format!("Permissions Violation for Subscription to {subj:?}"),
+                };
+                tracing::error!(cid = self.client.cid, "{text}");
+                self.client.send_err(&text);
+                return;
+            }
+        }
         let mut subs = self.client.subs.lock();
         if subs.contains_key(&sid) {
             // nats-server keeps the existing subscription for a reused sid.
@@ -700,7 +835,7 @@ impl Session {
             self.ok();
             return;
         }
-        if max_subs > 0 && subs.len() >= max_subs {
+        if max_subs.is_some_and(|m| subs.len() >= m) {
             drop(subs);
             tracing::error!(cid = self.client.cid, "maximum subscriptions exceeded");
             self.client.send_err("maximum subscriptions exceeded");
@@ -714,9 +849,10 @@ impl Session {
             sid: sid.clone(),
             max: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
+            space: self.space.clone(),
         });
-        if server
-            .sublist
+        if self
+            .sublist()
             .insert(&subject, queue.as_deref(), sub.clone())
             .is_err()
         {
@@ -726,7 +862,7 @@ impl Session {
         }
         subs.insert(sid, sub.clone());
         drop(subs);
-        if let Some(cluster) = server.cluster.get() {
+        if let Some(cluster) = &self.cluster {
             cluster.interest_changed(&sub.subject, sub.queue.as_ref(), 1);
         }
         self.ok();
@@ -756,9 +892,20 @@ impl Session {
         if self.pedantic && !valid_publish_subject(&subject) {
             self.client.send_err("Invalid Publish Subject");
         }
+        if let Some(p) = &self.perms {
+            if !p.can_publish(&subject) {
+                let text = format!(
+                    "Permissions Violation for Publish to {:?}",
+                    String::from_utf8_lossy(&subject)
+                );
+                tracing::error!(cid = self.client.cid, "{text}");
+                self.client.send_err(&text);
+                return;
+            }
+        }
         // nats-server acknowledges before it delivers, so +OK precedes any MSG it causes.
         self.ok();
-        let result = self.server.sublist.matches(&subject);
+        let result = self.sublist().matches(&subject);
         let me = self.client.cid;
         let reply_ref = reply.as_deref();
         let headers_ref = headers.as_deref();
@@ -869,7 +1016,7 @@ impl Session {
     /// Answers a request nobody can serve with a 503 status on the
     /// requester's own reply subscription, as nats-server does.
     fn send_no_responders(&mut self, subject: &[u8], reply: &Bytes) {
-        let result = self.server.sublist.matches(reply);
+        let result = self.sublist().matches(reply);
         let mine = result
             .plain
             .iter()
@@ -893,6 +1040,14 @@ impl Session {
         for sub in subs {
             self.server.forget_subscription(&sub);
         }
+    }
+}
+
+/// Sleeps until `t`, or forever when there is none.
+async fn until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

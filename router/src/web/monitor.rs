@@ -20,7 +20,11 @@ use crate::web::monitor_http::{bad_request, MonitorListener, Params};
 /// Serves monitoring on `listener` until the process ends. Every method is
 /// answered as GET (HEAD without a body), as nats-server does; connections
 /// are capped and time out (see [`crate::web::monitor_http`]).
-pub async fn serve(server: Arc<Server>, listener: TcpListener) {
+pub async fn serve(
+    server: Arc<Server>,
+    listener: TcpListener,
+    tls: Option<transport::tls::TlsAcceptor>,
+) {
     let app = Router::new()
         .route("/", any(root))
         .route("/varz", any(varz))
@@ -34,9 +38,18 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener) {
         .with_state(server);
     let cap = crate::web::monitor_http::connection_cap();
     tracing::debug!(cap, "monitoring connection cap");
-    let listener = MonitorListener::new(listener, cap);
+    let listener = MonitorListener::new(listener, cap, tls);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "monitoring server stopped");
+    }
+}
+
+/// A port option as configured: `-1` for a random port, 0 when unset.
+fn configured_port(p: Option<u16>) -> i32 {
+    match p {
+        Some(0) => -1,
+        Some(p) => i32::from(p),
+        None => 0,
     }
 }
 
@@ -145,7 +158,6 @@ pub fn varz_value(s: &Server) -> Value {
     let o = &*live;
     let t = &s.traffic;
     let addr = *s.client_addr.lock();
-    let http = *s.http_addr.lock();
     json!({
         "server_id": s.info.server_id,
         "server_name": s.info.server_name,
@@ -154,14 +166,18 @@ pub fn varz_value(s: &Server) -> Value {
         "go": s.info.go,
         "host": o.host.to_string(),
         "port": addr.map(|a| a.port()).unwrap_or(o.port),
-        "auth_required": o.auth.required(),
+        "auth_required": o.auth.announce_required(),
+        "tls_required": o.tls.is_some() && !o.allow_non_tls,
+        "tls_verify": o.tls.as_ref().is_some_and(|t| t.settings.verify),
+        "tls_timeout": o.tls.as_ref().map_or(0.0, |t| t.timeout.as_secs_f64()),
         "max_connections": o.max_connections,
         "ping_interval": nanos(o.ping_interval),
         "ping_max": o.ping_max,
         "http_host": o.http_host.unwrap_or(o.host).to_string(),
-        "http_port": http.map(|a| a.port()).unwrap_or(0),
-        "https_port": 0,
-        "auth_timeout": o.auth_timeout.as_secs_f64(),
+        // The configured ports, as nats-server reports them (-1: random).
+        "http_port": configured_port(o.http_port),
+        "https_port": configured_port(o.https_port),
+        "auth_timeout": o.auth_timeout().as_secs_f64(),
         "max_control_line": o.max_control_line,
         "max_payload": o.max_payload,
         "max_pending": o.max_pending,
@@ -204,6 +220,8 @@ pub struct ConnzQuery {
     limit: usize,
     state: String,
     cid: Option<u64>,
+    /// `auth=true`: show who each connection authenticated as.
+    auth: bool,
 }
 
 /// nats-server's page size when `limit` is absent, zero or negative.
@@ -217,7 +235,7 @@ impl ConnzQuery {
             Some("detail") => true,
             _ => p.bool("subs")?,
         };
-        p.bool("auth")?;
+        let auth = p.bool("auth")?;
         let offset = p.int("offset")?.max(0) as usize;
         let limit = p.int("limit")?.max(0) as usize;
         let cid = p.get("cid").map(|_| p.uint("cid")).transpose()?;
@@ -257,6 +275,7 @@ impl ConnzQuery {
             limit,
             state,
             cid,
+            auth,
         })
     }
 }
@@ -290,6 +309,14 @@ struct ConnInfo {
     lang: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     version: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    tls_version: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    tls_cipher_suite: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authorized_user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     subscriptions_list: Option<Vec<String>>,
     #[serde(skip)]
@@ -334,6 +361,10 @@ pub fn connz_value(s: &Server, q: &ConnzQuery) -> Result<Value, String> {
                 name: meta.name,
                 lang: meta.lang,
                 version: meta.version,
+                tls_version: c.tls.get().map_or("", |t| t.version),
+                tls_cipher_suite: c.tls.get().map(|t| t.cipher.clone()).unwrap_or_default(),
+                authorized_user: meta.user.filter(|_| q.auth),
+                account: c.account.lock().clone().filter(|_| q.auth),
                 subscriptions_list: with_subs.then(|| {
                     subs.values()
                         .map(|s| String::from_utf8_lossy(&s.subject).into_owned())
@@ -368,6 +399,10 @@ pub fn connz_value(s: &Server, q: &ConnzQuery) -> Result<Value, String> {
                 name: c.name.clone(),
                 lang: c.lang.clone(),
                 version: c.version.clone(),
+                tls_version: c.tls_version,
+                tls_cipher_suite: c.tls_cipher.clone(),
+                authorized_user: c.user.clone().filter(|_| q.auth),
+                account: c.account.clone().filter(|_| q.auth),
                 subscriptions_list: with_subs.then(Vec::new),
                 sort_start: c.start,
                 sort_last: c.stop,

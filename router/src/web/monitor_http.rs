@@ -54,15 +54,18 @@ pub struct MonitorListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
     backoff: AcceptBackoff,
+    /// Set for `https_port`: each connection starts with a TLS handshake.
+    tls: Option<transport::tls::TlsAcceptor>,
 }
 
 impl MonitorListener {
     /// Wraps `inner`, allowing `cap` open connections.
-    pub fn new(inner: TcpListener, cap: usize) -> Self {
+    pub fn new(inner: TcpListener, cap: usize, tls: Option<transport::tls::TlsAcceptor>) -> Self {
         MonitorListener {
             inner,
             permits: Arc::new(Semaphore::new(cap)),
             backoff: AcceptBackoff::new("monitoring"),
+            tls,
         }
     }
 }
@@ -83,6 +86,12 @@ impl axum::serve::Listener for MonitorListener {
                 Ok((stream, addr)) => {
                     self.backoff.succeeded();
                     let _ = stream.set_nodelay(true);
+                    let stream = match &self.tls {
+                        // The handshake runs on the connection's own task
+                        // (on first use), never in this accept loop.
+                        Some(acceptor) => Stream::Accepting(Box::new(acceptor.accept(stream))),
+                        None => Stream::Plain(stream),
+                    };
                     return (GuardedIo::new(stream, permit), addr);
                 }
                 Err(e) => {
@@ -111,14 +120,93 @@ enum Phase {
 /// `TimedOut` once it passes, and the HTTP server then drops the connection.
 /// Holds its slot under the connection cap until dropped.
 pub struct GuardedIo {
-    stream: TcpStream,
+    stream: Stream,
     deadline: Pin<Box<Sleep>>,
     phase: Phase,
     _permit: OwnedSemaphorePermit,
 }
 
+/// A monitoring connection's byte stream: plain HTTP, or HTTPS before and
+/// after its handshake.
+enum Stream {
+    Plain(TcpStream),
+    Accepting(Box<transport::tls::Accept<TcpStream>>),
+    Tls(Box<transport::tls::TlsStream<TcpStream>>),
+    Failed,
+}
+
+impl Stream {
+    /// Drives a pending TLS handshake; ready once bytes can flow.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Stream::Accepting(accept) = self {
+            match Pin::new(accept.as_mut()).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(tls)) => *self = Stream::Tls(Box::new(tls)),
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!("monitoring TLS handshake error: {e}");
+                    *self = Stream::Failed;
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        match self {
+            Stream::Failed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+macro_rules! io_call {
+    ($self:expr, $cx:expr, $s:ident => $call:expr) => {
+        match $self.poll_ready($cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => match $self {
+                Stream::Plain($s) => $call,
+                Stream::Tls(t) => {
+                    let $s = t.as_mut();
+                    $call
+                }
+                _ => unreachable!("poll_ready leaves a usable stream"),
+            },
+        }
+    };
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        io_call!(this, cx, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        io_call!(this, cx, s => Pin::new(s).poll_write(cx, data))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        io_call!(this, cx, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        io_call!(this, cx, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
 impl GuardedIo {
-    fn new(stream: TcpStream, permit: OwnedSemaphorePermit) -> Self {
+    fn new(stream: Stream, permit: OwnedSemaphorePermit) -> Self {
         GuardedIo {
             stream,
             deadline: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)),
