@@ -11,6 +11,9 @@ Environment (all optional):
   TERN_COMPOSE_PROJECT  compose project name (default terntest<pid>)
   TERN_DOCKER_ARTIFACTS directory for compose.log (default: pytest tmp dir)
 
+A second project (`scripts/compose-setup --tls`) checks TLS on the client
+ports: plaintext refused, TLS clients on n1 and n3 reach each other.
+
 What is checked, with a publisher on n1 sending sequence-numbered messages
 the whole time (about 200/s):
   * all three /routez show two routes with the right peers;
@@ -91,6 +94,7 @@ class Cluster:
     containers: dict[str, str] = field(default_factory=dict)
     network: str = ""
     node_ids: dict[str, str] = field(default_factory=dict)
+    config_dir: Path | None = None
 
     def run(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
         cmd = [*self.compose, "-p", self.project, "-f", str(COMPOSE_FILE), *args]
@@ -318,18 +322,32 @@ async def probe(c: Cluster, src: str, dst: str, n: int = 20) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    yield from bring_up(tmp_path_factory, tls=False)
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory):
+    """A second project, set up with `scripts/compose-setup --tls`."""
+    yield from bring_up(tmp_path_factory, tls=True)
+
+
+def bring_up(tmp_path_factory, tls: bool):
     compose = compose_cmd()
     image = os.environ.get("TERN_IMAGE", "tern:local")
     if subprocess.run(["docker", "image", "inspect", image], capture_output=True,
                       timeout=30).returncode != 0:
         pytest.fail(f"image {image} not found: run scripts/docker-image (scripts/test-docker does)")
-    work = tmp_path_factory.mktemp("compose")
-    config_dir = os.environ.get("TERN_CONFIG_DIR")
+    work = tmp_path_factory.mktemp("compose-tls" if tls else "compose")
+    config_dir = None if tls else os.environ.get("TERN_CONFIG_DIR")
     if not config_dir:
         config_dir = str(work / "config")
-        subprocess.run([str(ROOT / "scripts/compose-setup")], check=True, timeout=120,
+        subprocess.run([str(ROOT / "scripts/compose-setup"), *(["--tls"] if tls else [])],
+                       check=True, timeout=120,
                        env={**os.environ, "TERN_CONFIG_DIR": config_dir, "TERN_SKIP_IMAGE": "1"})
     artifacts = Path(os.environ.get("TERN_DOCKER_ARTIFACTS") or work)
+    if tls:
+        artifacts = artifacts / "tls"
+        artifacts.mkdir(parents=True, exist_ok=True)
     ports = free_ports(6)
     client_ports = dict(zip(NODES, ports[:3]))
     http_ports = dict(zip(NODES, ports[3:]))
@@ -339,7 +357,10 @@ def cluster(tmp_path_factory):
         env[f"TERN_{n.upper()}_CLIENT_PORT"] = str(client_ports[n])
         env[f"TERN_{n.upper()}_HTTP_PORT"] = str(http_ports[n])
     project = os.environ.get("TERN_COMPOSE_PROJECT") or f"terntest{os.getpid()}"
+    if tls:
+        project += "tls"
     c = Cluster(project, env, compose, client_ports, http_ports)
+    c.config_dir = Path(config_dir)
     log(f"compose project {project} ({' '.join(compose)}), image {image}, "
         f"client ports {client_ports}, http ports {http_ports}")
     try:
@@ -503,3 +524,34 @@ async def kill_and_partition(c: Cluster):
             await pub.stop()
         for nc in (pub_nc, n3_nc, n3_probe_nc, n2_nc):
             await close_quietly(nc)
+
+
+def test_tls_cluster(tls_cluster: Cluster):
+    """`scripts/compose-setup --tls`: clients need TLS (trusting the
+    generated CA) on every node, and messages still cross the QUIC mesh."""
+    import ssl
+
+    c = tls_cluster
+    ctx = ssl.create_default_context(cafile=str(c.config_dir / "tls" / "ca.pem"))
+
+    async def main():
+        await wait_routes(c, ALL, 30, "a full mesh (TLS project)")
+        # A plaintext client is told TLS is required and gets nowhere.
+        with socket.create_connection(("127.0.0.1", c.client_ports["n1"]), timeout=5) as s:
+            info = s.recv(4096)
+            assert info.startswith(b"INFO ") and b'"tls_required":true' in info, info
+        sub_nc = await nats.connect(f"tls://localhost:{c.client_ports['n3']}", tls=ctx,
+                                    allow_reconnect=False, connect_timeout=5)
+        pub_nc = await nats.connect(f"tls://localhost:{c.client_ports['n1']}", tls=ctx,
+                                    allow_reconnect=False, connect_timeout=5)
+        try:
+            sub = await sub_nc.subscribe("tls.cross")
+            await wait_interest(c, "n1", "n3", "tls.cross")
+            await pub_nc.publish("tls.cross", b"over tls and quic")
+            msg = await sub.next_msg(timeout=10)
+            assert msg.data == b"over tls and quic"
+        finally:
+            await close_quietly(sub_nc)
+            await close_quietly(pub_nc)
+
+    asyncio.run(asyncio.wait_for(main(), 90))

@@ -66,6 +66,11 @@ fn main() -> ExitCode {
         };
     }
     if cli.server.test_config {
+        // Certificate and key files are loaded, as nats-server's -t does.
+        if let Err(e) = opts.validate() {
+            eprintln!("tern: {e}");
+            return ExitCode::from(1);
+        }
         // A key Tern ignores fails the test (the server would start without
         // that setting), as an unknown key fails nats-server's -t.
         if !warnings.is_empty() {
