@@ -143,6 +143,7 @@ impl Reloader {
         for w in &warnings {
             tracing::warn!("{w}");
         }
+        let auth_changed = self.configured.auth != new.auth;
         let mut live = (*server.live()).clone();
         let mut changes = apply_changeable(&mut live, &self.configured, &new);
         server.set_live(live);
@@ -150,7 +151,7 @@ impl Reloader {
         if let Some(cluster) = server.cluster.get() {
             changes.extend(cluster.reload(&new.cluster)?);
         }
-        enforce(server);
+        enforce(server, auth_changed);
         for c in &changes {
             tracing::info!("Reloaded: {c}");
         }
@@ -164,13 +165,23 @@ impl Reloader {
 /// whose CONNECT credentials no longer pass gets nats-server's
 /// `-ERR 'Authorization Violation'` and is closed; connections over a lowered
 /// `max_connections` are closed, newest first.
-fn enforce(server: &Arc<Server>) {
+///
+/// When the authorization changed, a client whose user or nkey is no longer
+/// configured at all is closed without a word, as nats-server closes a
+/// client that "moved accounts" (its client reconnects and is refused then).
+fn enforce(server: &Arc<Server>, auth_changed: bool) {
     let mut clients: Vec<Arc<Client>> = server.clients.lock().values().cloned().collect();
     clients.sort_by_key(|c| c.cid);
     let mut kept = Vec::with_capacity(clients.len());
+    let live = server.live();
     for c in clients {
         let creds = c.credentials.lock().clone();
         if let Some(cr) = creds {
+            if auth_changed && live.auth.operator.is_none() && user_removed(&live.auth, &cr) {
+                tracing::info!(cid = c.cid, "user no longer configured after reload");
+                c.close(CloseReason::ClientClosed, false);
+                continue;
+            }
             if let Err(why) = server.authenticate(&cr, c.auth_context(&server.live())) {
                 tracing::info!(
                     cid = c.cid,
@@ -197,6 +208,19 @@ fn enforce(server: &Arc<Server>) {
         }
         tracing::info!("Closed {extra} connections to fall within max_connections");
     }
+}
+
+/// Whether the nkey or user name a client logged in with is gone from the
+/// configuration (nats-server's `clientHasMovedToDifferentAccount`).
+fn user_removed(auth: &crate::options::Auth, cr: &crate::auth::Presented) -> bool {
+    let given = |s: &Option<String>| s.as_deref().filter(|v| !v.is_empty()).map(str::to_owned);
+    if let Some(nkey) = given(&cr.nkey) {
+        return !auth.nkeys.iter().any(|k| k.nkey == nkey);
+    }
+    if let Some(user) = given(&cr.user) {
+        return !auth.users.iter().any(|u| u.user == user);
+    }
+    false
 }
 
 #[cfg(test)]
