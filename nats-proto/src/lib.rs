@@ -3,9 +3,11 @@
 //! Bytes go in, typed [`Op`]s come out, and encoders turn operations back
 //! into bytes. Nothing here touches a socket or a runtime, so the parser can
 //! be unit-tested, property-tested and fuzzed on its own, and both the server
-//! and test clients share one definition of the wire format.
+//! and test clients share one definition of the wire format. [`gojson`] reads
+//! CONNECT and INFO JSON the way nats-server's Go decoder does.
 
 pub mod encode;
+pub mod gojson;
 pub mod headers;
 pub mod op;
 pub mod parser;

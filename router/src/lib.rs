@@ -7,8 +7,7 @@
 //!   websocket/HTTP gateway will join as their own rooms.
 //! - Core every door shares: [`server`] (connections, shutdown, lame duck),
 //!   [`sublist`] and [`subject`] (the subscription trie and subject rules),
-//!   [`outbound`] (bounded per-connection buffers), [`gojson`] (CONNECT and
-//!   INFO JSON read the way nats-server's Go decoder reads it), [`auth`] and
+//!   [`outbound`] (bounded per-connection buffers), [`auth`] and
 //!   [`auth_jwt`] (who a connection is: passwords, tokens, nkeys,
 //!   certificates, operator-mode JWTs; the checks themselves live in `peer`).
 //! - Process plumbing: [`cli`], [`config`], [`config_file`], [`options`],
@@ -24,7 +23,6 @@ pub mod cluster;
 pub mod config;
 pub mod config_file;
 pub mod control;
-pub mod gojson;
 pub mod logging;
 pub mod memtrim;
 pub mod options;

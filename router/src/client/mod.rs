@@ -14,11 +14,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::Notify;
 
 use crate::auth::{self, Presented};
-use crate::gojson::{self, Value};
 use crate::outbound::{Outbound, PushError, WriteFailure};
 use crate::server::{Server, Space};
 use crate::subject::{valid_publish_subject, valid_subscribe_subject};
 use crate::sublist::SubItem;
+use nats_proto::gojson::{self, Value};
 
 /// Why a connection ended, with nats-server's names (shown in /connz `reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
