@@ -322,10 +322,11 @@ def user_jwt(user: NKey, signer: NKey, *, account: NKey | None = None,
              pub_deny: Iterable[str] = (), sub_allow: Iterable[str] = (),
              sub_deny: Iterable[str] = (), subs: int = -1, payload: int = -1,
              data: int = -1, exp: int | None = None, iat: int | None = None,
-             bearer: bool = False) -> str:
+             bearer: bool = False, resp: dict | None = None) -> str:
     """User claims signed by `signer` (the account, or a signing key of
     `account`, which then becomes issuer_account).  Limits default to
-    unlimited (-1): an absent `subs` would mean 0 subscriptions."""
+    unlimited (-1): an absent `subs` would mean 0 subscriptions. `resp` is
+    the response permission (`{"max": n, "ttl": nanoseconds}`)."""
     def perm(allow, deny) -> dict:
         p = {}
         if list(allow):
@@ -339,6 +340,8 @@ def user_jwt(user: NKey, signer: NKey, *, account: NKey | None = None,
                   "type": "user", "version": 2}
     if bearer:
         nats["bearer_token"] = True
+    if resp is not None:
+        nats["resp"] = resp
     if account is not None and account.public != signer.public:
         nats["issuer_account"] = account.public
     claims: dict = {"name": name, "sub": user.public, "nats": nats}

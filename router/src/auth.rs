@@ -77,6 +77,34 @@ pub struct Permissions {
     pub pub_deny: Vec<String>,
     pub sub_allow: Vec<String>,
     pub sub_deny: Vec<String>,
+    /// `allow_responses` (JWT `resp`): the user may publish to the reply
+    /// subject of each request it receives, `max` times within `ttl`.
+    pub responses: Option<ResponsePermission>,
+}
+
+/// How many replies a received request permits, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponsePermission {
+    pub max: u32,
+    pub ttl: std::time::Duration,
+}
+
+impl ResponsePermission {
+    /// nats-server's defaults: one reply within two minutes; 0 means default.
+    pub fn new(max: i64, ttl: std::time::Duration) -> Self {
+        ResponsePermission {
+            max: if max <= 0 {
+                1
+            } else {
+                max.min(i64::from(u32::MAX)) as u32
+            },
+            ttl: if ttl.is_zero() {
+                std::time::Duration::from_secs(120)
+            } else {
+                ttl
+            },
+        }
+    }
 }
 
 impl Permissions {
@@ -90,8 +118,14 @@ impl Permissions {
         (allow.is_empty() || hit(allow)) && !hit(deny)
     }
 
-    /// Whether the user may publish to `subject`.
+    /// Whether the user may publish to `subject` by its publish rules (reply
+    /// permits from `responses` are checked by the connection). With
+    /// `responses` and no publish rules at all, only replies may be
+    /// published, as nats-server rules.
     pub fn can_publish(&self, subject: &[u8]) -> bool {
+        if self.responses.is_some() && self.pub_allow.is_empty() && self.pub_deny.is_empty() {
+            return false;
+        }
         Self::allows(&self.pub_allow, &self.pub_deny, subject)
     }
 

@@ -144,6 +144,12 @@ pub fn authenticate(
             pub_deny: p.publish.deny.clone(),
             sub_allow: p.subscribe.allow.clone(),
             sub_deny: p.subscribe.deny.clone(),
+            responses: p.resp.as_ref().map(|r| {
+                crate::auth::ResponsePermission::new(
+                    r.max,
+                    Duration::from_nanos(r.ttl.max(0) as u64),
+                )
+            }),
         })
     });
     let limits = &user.claims.nats.permission_limits.limits.nats;

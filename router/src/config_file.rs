@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::auth::Permissions;
+use crate::auth::{Permissions, ResponsePermission};
 use crate::auth_jwt::Resolver;
 use crate::cli::ServerArgs;
 use crate::config::{parse_file, ConfigError, Map, Value};
@@ -200,6 +200,7 @@ fn permissions(
         match e.key.to_ascii_lowercase().as_str() {
             "pub" | "publish" | "import" => (p.pub_allow, p.pub_deny) = rule(&e.value)?,
             "sub" | "subscribe" | "export" => (p.sub_allow, p.sub_deny) = rule(&e.value)?,
+            "allow_responses" | "allowed_responses" => p.responses = responses(&e.value)?,
             _ if e.used_as_variable => {}
             other => warnings.push(ignored(
                 &e.key_pos,
@@ -208,6 +209,26 @@ fn permissions(
         }
     }
     Ok(std::sync::Arc::new(p))
+}
+
+/// `allow_responses: true | false | { max, expires }`.
+fn responses(v: &Value) -> Result<Option<ResponsePermission>, ConfigError> {
+    if let Ok(b) = v.as_bool() {
+        return Ok(b.then(|| ResponsePermission::new(0, Duration::ZERO)));
+    }
+    let (mut max, mut ttl) = (0, Duration::ZERO);
+    for e in v.as_map()?.iter() {
+        match e.key.to_ascii_lowercase().as_str() {
+            "max" | "max_msgs" | "max_messages" | "max_responses" => max = e.value.as_i64()?,
+            "expires" | "expiration" | "ttl" => ttl = seconds(&e.value)?,
+            other => {
+                return Err(e
+                    .value
+                    .error(format!("unknown field {other:?} in allow_responses")))
+            }
+        }
+    }
+    Ok(Some(ResponsePermission::new(max, ttl)))
 }
 
 /// Operator-mode settings, gathered before the trust is built from them.

@@ -74,6 +74,58 @@ pub struct ClientMeta {
     pub user: Option<String>,
 }
 
+/// Reply subjects a client may answer (`allow_responses`): each received
+/// request allows `max` publishes to its reply subject until `ttl` passes.
+#[derive(Debug, Default)]
+pub struct ReplyPermits {
+    pub perm: Option<auth::ResponsePermission>,
+    open: HashMap<Bytes, (u32, Instant)>,
+}
+
+impl ReplyPermits {
+    /// Most outstanding permits kept per client; the oldest go first.
+    const CAP: usize = 64 * 1024;
+
+    /// A request with reply subject `reply` was delivered.
+    pub fn grant(&mut self, reply: &[u8]) {
+        let Some(perm) = self.perm else { return };
+        let now = Instant::now();
+        if self.open.len() >= Self::CAP {
+            self.open.retain(|_, (_, until)| *until > now);
+            if self.open.len() >= Self::CAP {
+                // Still full of live permits: forget the one expiring first.
+                if let Some(k) = self
+                    .open
+                    .iter()
+                    .min_by_key(|(_, (_, u))| *u)
+                    .map(|(k, _)| k.clone())
+                {
+                    self.open.remove(&k);
+                }
+            }
+        }
+        self.open
+            .insert(Bytes::copy_from_slice(reply), (perm.max, now + perm.ttl));
+    }
+
+    /// Uses one permit to publish to `subject`, if there is a live one.
+    pub fn take(&mut self, subject: &[u8]) -> bool {
+        let now = Instant::now();
+        let Some((left, until)) = self.open.get_mut(subject) else {
+            return false;
+        };
+        if *until <= now || *left == 0 {
+            self.open.remove(subject);
+            return false;
+        }
+        *left -= 1;
+        if *left == 0 {
+            self.open.remove(subject);
+        }
+        true
+    }
+}
+
 /// What the TLS handshake established, for /connz and `verify_and_map`.
 #[derive(Debug, Clone)]
 pub struct TlsInfo {
@@ -132,6 +184,11 @@ pub struct Client {
     pub tls: OnceLock<TlsInfo>,
     /// The account an authenticated JWT user belongs to (`None`: global).
     pub account: Mutex<Option<String>>,
+    /// Reply subjects this client may publish to once (`allow_responses`),
+    /// recorded as requests are delivered to it. `tracks_replies` keeps the
+    /// delivery path to one atomic load for everyone else.
+    pub tracks_replies: AtomicBool,
+    pub reply_permits: Mutex<ReplyPermits>,
     pub in_msgs: AtomicU64,
     pub in_bytes: AtomicU64,
     /// Unix time in nanoseconds of the last read from this client.
@@ -158,6 +215,8 @@ impl Client {
             nonce,
             tls: OnceLock::new(),
             account: Mutex::new(None),
+            tracks_replies: AtomicBool::new(false),
+            reply_permits: Mutex::new(ReplyPermits::default()),
             in_msgs: AtomicU64::new(0),
             in_bytes: AtomicU64::new(0),
             last_activity: AtomicU64::new(unix_nanos(SystemTime::now())),
@@ -485,6 +544,14 @@ impl Session {
         self.user_max_subs = limit(id.max_subs);
         self.user_max_payload = limit(id.max_payload);
         self.perms = id.permissions.clone();
+        let responses = id.permissions.as_ref().and_then(|p| p.responses);
+        *self.client.reply_permits.lock() = ReplyPermits {
+            perm: responses,
+            ..ReplyPermits::default()
+        };
+        self.client
+            .tracks_replies
+            .store(responses.is_some(), Ordering::Release);
         self.expires = id.expires.map(|t| {
             let left = t
                 .duration_since(SystemTime::now())
@@ -893,7 +960,9 @@ impl Session {
             self.client.send_err("Invalid Publish Subject");
         }
         if let Some(p) = &self.perms {
-            if !p.can_publish(&subject) {
+            let allowed = p.can_publish(&subject)
+                || (p.responses.is_some() && self.client.reply_permits.lock().take(&subject));
+            if !allowed {
                 let text = format!(
                     "Permissions Violation for Publish to {:?}",
                     String::from_utf8_lossy(&subject)
@@ -1086,6 +1155,11 @@ pub fn deliver_to(
     // as published (headers included) in the server-wide /varz totals.
     let sent = payload.len() + hdrs.map_or(0, |h| h.len());
     let size = payload.len() + headers.map_or(0, |h| h.len());
+    if let Some(r) = reply {
+        if target.tracks_replies.load(Ordering::Relaxed) {
+            target.reply_permits.lock().grant(r);
+        }
+    }
     let res = target.out.push(Some(sent as u64), |b| match hdrs {
         Some(h) => write_hmsg(b, subject, &sub.sid, reply, h, payload),
         None => write_msg(b, subject, &sub.sid, reply, payload),
