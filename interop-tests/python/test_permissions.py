@@ -163,3 +163,26 @@ def test_jwt_resp_permission(server_factory, tmp_path):
     assert svc.ping_pong() == pub_violation("other") + b"PONG\r\n"
     svc.close()
     cli.close()
+
+
+def test_wildcard_subscription_never_delivers_denied_subjects(server_factory):
+    conf = """authorization {
+  users = [
+    { user: r, password: r, permissions: { subscribe: { allow: ">", deny: "orders.secret" } } }
+    { user: p, password: p }
+  ]
+}
+"""
+    srv = server_factory(config=conf)
+    r = login(srv, user="r", **{"pass": "r"})
+    p = login(srv, user="p", **{"pass": "p"})
+    r.send(b"SUB orders.* 1\r\n")
+    assert r.ping_pong() == b"PONG\r\n"
+    p.send(b"PUB orders.secret 1\r\nS\r\nPUB orders.open 1\r\nO\r\n")
+    assert p.ping_pong() == b"PONG\r\n"
+    # The allowed subject arrives; the denied one, published first, never does.
+    got = r.read_until(b"O\r\n", timeout=TIMEOUT)
+    assert got == b"MSG orders.open 1 1\r\nO\r\n", got
+    assert r.ping_pong() == b"PONG\r\n"
+    r.close()
+    p.close()

@@ -129,6 +129,15 @@ impl Permissions {
         Self::allows(&self.pub_allow, &self.pub_deny, subject)
     }
 
+    /// Whether a message on `subject` must not reach this user through a
+    /// wildcard subscription: it matches a subscribe deny entry (queue
+    /// entries aside).
+    pub fn denies_delivery(&self, subject: &[u8]) -> bool {
+        self.sub_deny.iter().any(|entry| {
+            !entry.contains(' ') && crate::subject::subject_matches(entry.as_bytes(), subject)
+        })
+    }
+
     /// Whether the user may subscribe to `subject` (its tokens, wildcards
     /// included, are matched as they are written, as nats-server does). An
     /// entry `"subject queue"` applies only to queue subscriptions whose

@@ -189,6 +189,11 @@ pub struct Client {
     /// delivery path to one atomic load for everyone else.
     pub tracks_replies: AtomicBool,
     pub reply_permits: Mutex<ReplyPermits>,
+    /// Subjects this client may not receive (its subscribe deny list), for
+    /// wildcard subscriptions that overlap them; `filters_delivery` keeps
+    /// the delivery path to one atomic load for everyone else.
+    pub filters_delivery: AtomicBool,
+    pub delivery_deny: Mutex<Option<Arc<auth::Permissions>>>,
     pub in_msgs: AtomicU64,
     pub in_bytes: AtomicU64,
     /// Unix time in nanoseconds of the last read from this client.
@@ -217,6 +222,8 @@ impl Client {
             account: Mutex::new(None),
             tracks_replies: AtomicBool::new(false),
             reply_permits: Mutex::new(ReplyPermits::default()),
+            filters_delivery: AtomicBool::new(false),
+            delivery_deny: Mutex::new(None),
             in_msgs: AtomicU64::new(0),
             in_bytes: AtomicU64::new(0),
             last_activity: AtomicU64::new(unix_nanos(SystemTime::now())),
@@ -552,6 +559,11 @@ impl Session {
         self.client
             .tracks_replies
             .store(responses.is_some(), Ordering::Release);
+        let deny = id.permissions.clone().filter(|p| !p.sub_deny.is_empty());
+        self.client
+            .filters_delivery
+            .store(deny.is_some(), Ordering::Release);
+        *self.client.delivery_deny.lock() = deny;
         self.expires = id.expires.map(|t| {
             let left = t
                 .duration_since(SystemTime::now())
@@ -1143,6 +1155,15 @@ pub fn deliver_to(
     let target = &sub.client;
     if target.cid == publisher && !target.echo.load(Ordering::Relaxed) {
         return None;
+    }
+    if target.filters_delivery.load(Ordering::Relaxed)
+        && !crate::subject::subject_is_literal(&sub.subject)
+    {
+        // An allowed wildcard subscription never delivers a denied subject.
+        let deny = target.delivery_deny.lock().clone();
+        if deny.is_some_and(|p| p.denies_delivery(subject)) {
+            return None;
+        }
     }
     let max = sub.max.load(Ordering::Relaxed);
     let n = sub.delivered.fetch_add(1, Ordering::Relaxed) + 1;
