@@ -408,6 +408,8 @@ struct Session {
     out_bytes: u64,
     /// The JWT account's subject space; `None` is the global account.
     space: Option<Arc<Space>>,
+    /// Publish permission answers by subject (see `publish_allowed_cached`).
+    pub_cache: HashMap<Bytes, bool>,
     /// The authenticated user's own limits and rules (JWT users).
     user_max_subs: Option<usize>,
     user_max_payload: Option<usize>,
@@ -469,6 +471,7 @@ where
         out_msgs: 0,
         out_bytes: 0,
         space: None,
+        pub_cache: HashMap::new(),
         user_max_subs: None,
         user_max_payload: None,
         perms: None,
@@ -551,6 +554,7 @@ impl Session {
         self.user_max_subs = limit(id.max_subs);
         self.user_max_payload = limit(id.max_payload);
         self.perms = id.permissions.clone();
+        self.pub_cache.clear();
         let responses = id.permissions.as_ref().and_then(|p| p.responses);
         *self.client.reply_permits.lock() = ReplyPermits {
             perm: responses,
@@ -571,6 +575,22 @@ impl Session {
             tokio::time::Instant::now() + left
         });
         self.apply_limits();
+    }
+
+    /// The publish rules' answer for `subject`, from a small per-connection
+    /// cache (as nats-server keeps one), so a user with many allow/deny
+    /// patterns pays for the pattern scan once per subject, not per message.
+    fn publish_allowed_cached(&mut self, p: &auth::Permissions, subject: &Bytes) -> bool {
+        if let Some(&ok) = self.pub_cache.get(subject) {
+            return ok;
+        }
+        let ok = p.can_publish(subject);
+        if self.pub_cache.len() >= PUB_CACHE_MAX {
+            // Dropped whole: cheap, and the working set refills it.
+            self.pub_cache.clear();
+        }
+        self.pub_cache.insert(subject.clone(), ok);
+        ok
     }
 
     /// Parser limits: the server's, lowered by the user's own payload limit.
@@ -971,8 +991,8 @@ impl Session {
         if self.pedantic && !valid_publish_subject(&subject) {
             self.client.send_err("Invalid Publish Subject");
         }
-        if let Some(p) = &self.perms {
-            let allowed = p.can_publish(&subject)
+        if let Some(p) = self.perms.clone() {
+            let allowed = self.publish_allowed_cached(&p, &subject)
                 || (p.responses.is_some() && self.client.reply_permits.lock().take(&subject));
             if !allowed {
                 let text = format!(
@@ -1123,6 +1143,9 @@ impl Session {
         }
     }
 }
+
+/// Subjects remembered in a connection's publish permission cache.
+const PUB_CACHE_MAX: usize = 128;
 
 /// Sleeps until `t`, or forever when there is none.
 async fn until(t: Option<tokio::time::Instant>) {
