@@ -186,3 +186,26 @@ def test_wildcard_subscription_never_delivers_denied_subjects(server_factory):
     assert r.ping_pong() == b"PONG\r\n"
     r.close()
     p.close()
+
+
+def test_jwt_payload_limit(server_factory, tmp_path):
+    """A user JWT's `payload` limit: the INFO confirming CONNECT (protocol 1)
+    shows it, and a larger message is a Maximum Payload Violation."""
+    op = authkit.make_operator(tmp_path / "op")
+    acc = NKey("account")
+    conf = authkit.memory_resolver_config(op, {acc.public: authkit.account_jwt(acc, op.op)})
+    srv = server_factory(config=conf)
+    key = NKey("user")
+    jwt = authkit.user_jwt(key, acc, payload=1000)
+    c = srv.raw()
+    c.connect(jwt=jwt, sig=key.sign_nonce(c.info["nonce"]), protocol=1)
+    c.send(b"PING\r\n")
+    assert c.readline(timeout=TIMEOUT) == b"PONG\r\n"
+    import json
+    line = c.readline(timeout=TIMEOUT)
+    assert line.startswith(b"INFO "), line
+    assert json.loads(line[5:])["max_payload"] == 1000
+    c.send(b"PUB ok 1000\r\n" + b"x" * 1000 + b"\r\n")
+    assert c.ping_pong() == b"PONG\r\n"
+    c.send(b"PUB big 1001\r\n" + b"x" * 1001 + b"\r\n")
+    assert c.read_until_close(timeout=TIMEOUT) == b"-ERR 'Maximum Payload Violation'\r\n"

@@ -383,6 +383,13 @@ impl Server {
         let live = self.live();
         let mut base = self.info.clone();
         base.max_payload = live.max_payload;
+        if connect_info {
+            // The INFO confirming CONNECT shows the user's own, lower limit.
+            let user = client.user_max_payload.load(Ordering::Relaxed);
+            if user > 0 {
+                base.max_payload = base.max_payload.min(user);
+            }
+        }
         base.auth_required = live.auth.announce_required();
         if let Some(tls) = &live.tls {
             base.tls_required = !live.allow_non_tls || tls.handshake_first;

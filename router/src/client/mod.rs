@@ -193,6 +193,8 @@ pub struct Client {
     /// wildcard subscriptions that overlap them; `filters_delivery` keeps
     /// the delivery path to one atomic load for everyone else.
     pub filters_delivery: AtomicBool,
+    /// A JWT user's own payload limit (0: none), shown in its async INFO.
+    pub user_max_payload: std::sync::atomic::AtomicUsize,
     pub delivery_deny: Mutex<Option<Arc<auth::Permissions>>>,
     pub in_msgs: AtomicU64,
     pub in_bytes: AtomicU64,
@@ -223,6 +225,7 @@ impl Client {
             tracks_replies: AtomicBool::new(false),
             reply_permits: Mutex::new(ReplyPermits::default()),
             filters_delivery: AtomicBool::new(false),
+            user_max_payload: std::sync::atomic::AtomicUsize::new(0),
             delivery_deny: Mutex::new(None),
             in_msgs: AtomicU64::new(0),
             in_bytes: AtomicU64::new(0),
@@ -553,6 +556,9 @@ impl Session {
         let limit = |v: Option<i64>| v.filter(|n| *n >= 0).map(|n| n as usize);
         self.user_max_subs = limit(id.max_subs);
         self.user_max_payload = limit(id.max_payload);
+        self.client
+            .user_max_payload
+            .store(self.user_max_payload.unwrap_or(0), Ordering::Relaxed);
         self.perms = id.permissions.clone();
         self.pub_cache.clear();
         let responses = id.permissions.as_ref().and_then(|p| p.responses);
