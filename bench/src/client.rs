@@ -2,13 +2,22 @@
 //! `INFO`, send `CONNECT` and prove it with a PING/PONG round trip.
 
 use std::fmt;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use nats_proto::{Limits, Op, Parser, ProtoError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 /// How long connecting and the handshake may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,10 +81,153 @@ pub(crate) fn server_addr(url: &str) -> std::result::Result<String, String> {
     })
 }
 
+/// How clients reach the server: plain TCP, or TLS trusting one CA (INFO in
+/// clear then the upgrade, as NATS clients do, or the handshake first).
+#[derive(Clone, Default)]
+pub(crate) struct Dial {
+    tls: Option<TlsDial>,
+}
+
+#[derive(Clone)]
+struct TlsDial {
+    connector: TlsConnector,
+    first: bool,
+    /// Version and suite of the first handshake, for the report.
+    negotiated: Arc<OnceLock<String>>,
+}
+
+impl fmt::Debug for Dial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.tls {
+            None => f.write_str("Dial(tcp)"),
+            Some(t) => write!(f, "Dial(tls, first: {})", t.first),
+        }
+    }
+}
+
+impl Dial {
+    /// TLS trusting only the CA certificates in `ca_file`. Every connection
+    /// makes a full handshake (no session resumption, as a fresh client
+    /// process would), and AES-128-GCM is offered first so that rustls
+    /// (which follows the client's order) and Go (which prefers it on AES
+    /// hardware) negotiate the same suite.
+    pub fn tls(ca_file: &Path, first: bool) -> std::result::Result<Dial, String> {
+        let what = |e: &dyn fmt::Display| format!("--tls-ca {}: {e}", ca_file.display());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| what(&e))? {
+            roots
+                .add(cert.map_err(|e| what(&e))?)
+                .map_err(|e| what(&e))?;
+        }
+        if roots.is_empty() {
+            return Err(what(&"no certificate found"));
+        }
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider
+            .cipher_suites
+            .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| what(&e))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(Dial {
+            tls: Some(TlsDial {
+                connector: TlsConnector::from(Arc::new(config)),
+                first,
+                negotiated: Arc::default(),
+            }),
+        })
+    }
+
+    /// Whether connections use TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// "TLSv1_3 TLS13_AES_128_GCM_SHA256" once a handshake has completed.
+    pub fn negotiated(&self) -> Option<String> {
+        self.tls.as_ref()?.negotiated.get().cloned()
+    }
+}
+
+/// A client socket, plain or TLS. An enum rather than a trait object keeps
+/// the plain path to one predictable branch per call.
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// Writes all of `buf` and, over TLS, pushes out the records rustls may
+    /// still hold, so a reply can be awaited afterwards.
+    pub async fn send(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.write_all(buf).await,
+            Stream::Tls(s) => {
+                s.write_all(buf).await?;
+                s.flush().await
+            }
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The name the server's certificate must carry: the host part of `addr`
+/// (an IP address or a DNS name), else `localhost`.
+fn server_name(addr: &str) -> ServerName<'static> {
+    let host = match addr.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+        None => addr,
+    };
+    ServerName::try_from(host.to_string())
+        .unwrap_or_else(|_| ServerName::try_from("localhost").expect("a valid DNS name"))
+}
+
 /// A connected, handshaken client socket with a protocol parser for the
 /// low-volume traffic (INFO, PONG, replies); hot paths take the socket out.
 pub(crate) struct Conn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub rbuf: BytesMut,
     parser: Parser,
     /// `client_id` from the server's INFO, if it sent one.
@@ -83,34 +235,65 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Connects and completes the handshake: INFO, CONNECT, PING, PONG.
-    pub async fn connect(addr: &str, name: &str) -> Result<Conn> {
+    /// Connects and completes the handshake: INFO, CONNECT, PING, PONG, with
+    /// the TLS handshake after INFO (or first) when `dial` asks for TLS.
+    pub async fn connect(dial: &Dial, addr: &str, name: &str) -> Result<Conn> {
         let deadline = Instant::now() + CONNECT_TIMEOUT;
-        let stream = timeout_at(deadline, TcpStream::connect(addr))
+        let tcp = timeout_at(deadline, TcpStream::connect(addr))
             .await?
             .map_err(|e| BenchError(format!("cannot connect to {addr}: {e}")))?;
-        stream.set_nodelay(true)?;
+        tcp.set_nodelay(true)?;
+        let stream = match &dial.tls {
+            Some(t) if t.first => Stream::Tls(Box::new(handshake(t, addr, tcp, deadline).await?)),
+            _ => Stream::Tcp(tcp),
+        };
         let mut conn = Conn {
             stream,
             rbuf: BytesMut::with_capacity(64 * 1024),
             parser: Parser::new(Limits::default()),
             client_id: None,
         };
-        match conn.next_op(deadline).await? {
-            Op::Info(json) => {
-                conn.client_id = serde_json::from_slice::<serde_json::Value>(&json)
-                    .ok()
-                    .and_then(|v| v.get("client_id").and_then(|c| c.as_u64()));
-            }
+        let info = match conn.next_op(deadline).await? {
+            Op::Info(json) => serde_json::from_slice::<serde_json::Value>(&json).ok(),
             op => return err(format!("expected INFO from server, got {}", op.verb())),
+        };
+        let flag = |k: &str| info.as_ref().and_then(|v| v.get(k)?.as_bool()) == Some(true);
+        conn.client_id = info
+            .as_ref()
+            .and_then(|v| v.get("client_id").and_then(|c| c.as_u64()));
+        if dial.tls.is_none() && flag("tls_required") {
+            return err(format!(
+                "{addr} requires TLS (INFO says tls_required); pass --tls-ca"
+            ));
+        }
+        if let (Some(t), Stream::Tcp(_)) = (&dial.tls, &conn.stream) {
+            if !conn.rbuf.is_empty() {
+                return err("server sent more than INFO before the TLS handshake");
+            }
+            let Conn {
+                stream: Stream::Tcp(tcp),
+                rbuf,
+                parser,
+                client_id,
+            } = conn
+            else {
+                unreachable!("matched Stream::Tcp above")
+            };
+            conn = Conn {
+                stream: Stream::Tls(Box::new(handshake(t, addr, tcp, deadline).await?)),
+                rbuf,
+                parser,
+                client_id,
+            };
         }
         let connect = format!(
-            "CONNECT {{\"verbose\":false,\"pedantic\":false,\"tls_required\":false,\
+            "CONNECT {{\"verbose\":false,\"pedantic\":false,\"tls_required\":{},\
              \"name\":\"{name}\",\"lang\":\"rust\",\"version\":\"{}\",\"protocol\":1,\
              \"echo\":true}}\r\nPING\r\n",
+            dial.is_tls(),
             env!("CARGO_PKG_VERSION")
         );
-        conn.stream.write_all(connect.as_bytes()).await?;
+        timeout_at(deadline, conn.stream.send(connect.as_bytes())).await??;
         conn.wait_pong(deadline).await?;
         Ok(conn)
     }
@@ -121,7 +304,7 @@ impl Conn {
         let mut out = Vec::with_capacity(cmd.len() + 6);
         out.extend_from_slice(cmd);
         out.extend_from_slice(b"PING\r\n");
-        timeout_at(deadline, self.stream.write_all(&out)).await??;
+        timeout_at(deadline, self.stream.send(&out)).await??;
         self.wait_pong(deadline).await
     }
 
@@ -167,7 +350,7 @@ impl Conn {
             match self.next_op(deadline).await? {
                 Op::Pong => return Ok(()),
                 Op::Ping => {
-                    timeout_at(deadline, self.stream.write_all(b"PONG\r\n")).await??;
+                    timeout_at(deadline, self.stream.send(b"PONG\r\n")).await??;
                 }
                 Op::Err(text) => {
                     return err(format!("server error: {}", String::from_utf8_lossy(&text)))
@@ -176,6 +359,31 @@ impl Conn {
             }
         }
     }
+}
+
+/// The client side of a TLS handshake on `tcp`, within `deadline`.
+async fn handshake(
+    t: &TlsDial,
+    addr: &str,
+    tcp: TcpStream,
+    deadline: Instant,
+) -> Result<TlsStream<TcpStream>> {
+    let tls = timeout_at(deadline, t.connector.connect(server_name(addr), tcp))
+        .await?
+        .map_err(|e| BenchError(format!("TLS handshake with {addr}: {e}")))?;
+    if t.negotiated.get().is_none() {
+        let c = tls.get_ref().1;
+        let version = c.protocol_version().map(|v| format!("{v:?}"));
+        let suite = c
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()));
+        let kx = c
+            .negotiated_key_exchange_group()
+            .map(|g| format!("{:?}", g.name()));
+        let parts: Vec<String> = [version, suite, kx].into_iter().flatten().collect();
+        let _ = t.negotiated.set(parts.join(" "));
+    }
+    Ok(tls)
 }
 
 /// Splits a comma-separated list of server URLs into socket addresses.
@@ -246,7 +454,7 @@ pub(crate) async fn sync_interest(
                 }
             }
             if !out.is_empty() {
-                timeout_at(deadline, p.stream.write_all(&out)).await??;
+                timeout_at(deadline, p.stream.send(&out)).await??;
             }
         }
         let wait_until = Instant::now() + PROBE_WAIT;
@@ -266,7 +474,7 @@ pub(crate) async fn sync_interest(
                         }
                     }
                     Op::Ping => {
-                        timeout_at(deadline, s.stream.write_all(b"PONG\r\n")).await??;
+                        timeout_at(deadline, s.stream.send(b"PONG\r\n")).await??;
                     }
                     Op::Err(t) => {
                         return err(format!("server error: {}", String::from_utf8_lossy(&t)))
@@ -289,7 +497,25 @@ pub(crate) async fn sync_interest(
 
 #[cfg(test)]
 mod tests {
-    use super::{server_addr, server_addrs};
+    use super::{server_addr, server_addrs, server_name, Dial};
+    use rustls::pki_types::ServerName;
+
+    #[test]
+    fn tls_names() {
+        let ip = |s: &str| ServerName::IpAddress(s.parse::<std::net::IpAddr>().unwrap().into());
+        assert_eq!(server_name("127.0.0.1:4222"), ip("127.0.0.1"));
+        assert_eq!(server_name("[::1]:4222"), ip("::1"));
+        assert_eq!(
+            server_name("nats.example:4222"),
+            ServerName::try_from("nats.example").unwrap()
+        );
+        assert_eq!(
+            server_name("bad_name!:1"),
+            ServerName::try_from("localhost").unwrap()
+        );
+        let e = Dial::tls(std::path::Path::new("/nonexistent/ca.pem"), false).unwrap_err();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+    }
 
     #[test]
     fn urls() {

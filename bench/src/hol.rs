@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use nats_proto::{encode, Op};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::{sleep_until, timeout, Instant, MissedTickBehavior};
 
@@ -136,6 +136,7 @@ async fn coordinate(
 
     let probe = client::probe_prefix();
     let mut big_sub = Conn::connect(
+        &cfg.dial,
         &cfg.sub_addrs[1 % cfg.sub_addrs.len()],
         "tern-bench-hol-big-sub",
     )
@@ -148,6 +149,7 @@ async fn coordinate(
         .roundtrip(sub.as_bytes(), Instant::now() + CONNECT_TIMEOUT)
         .await?;
     let mut big_pub = Conn::connect(
+        &cfg.dial,
         &cfg.pub_addrs[1 % cfg.pub_addrs.len()],
         "tern-bench-hol-big-pub",
     )
@@ -371,8 +373,8 @@ async fn big_publisher(
                 break;
             }
         }
-        timeout(stall, conn.stream.write_all(&frame)).await??;
-        timeout(stall, conn.stream.write_all(b"PING\r\n")).await??;
+        timeout(stall, conn.stream.send(&frame)).await??;
+        timeout(stall, conn.stream.send(b"PING\r\n")).await??;
         big.published.fetch_add(1, Ordering::AcqRel);
         pings_out += 1;
         while pings_out > 1 {
@@ -402,7 +404,7 @@ async fn big_subscriber(conn: Conn, mut counter: MsgCounter, big: &Big) -> Resul
             filled -= fed.consumed;
         }
         for _ in 0..fed.pings {
-            stream.write_all(b"PONG\r\n").await?;
+            stream.send(b"PONG\r\n").await?;
         }
         if fed.msgs > 0 {
             big.received.fetch_add(fed.msgs, Ordering::AcqRel);
@@ -447,14 +449,14 @@ async fn small_main(
     ev: &mpsc::UnboundedSender<Event>,
 ) -> Result<()> {
     let probe = client::probe_prefix();
-    let mut sub = Conn::connect(&cfg.sub_addrs[0], "tern-bench-hol-small-sub").await?;
+    let mut sub = Conn::connect(&cfg.dial, &cfg.sub_addrs[0], "tern-bench-hol-small-sub").await?;
     let mut cmd = format!("SUB {SMALL_SUBJECT} 1\r\n");
     if cfg.cross {
         cmd.push_str(&format!("SUB {probe}.0 2\r\n"));
     }
     sub.roundtrip(cmd.as_bytes(), Instant::now() + CONNECT_TIMEOUT)
         .await?;
-    let mut publ = Conn::connect(&cfg.pub_addrs[0], "tern-bench-hol-small-pub").await?;
+    let mut publ = Conn::connect(&cfg.dial, &cfg.pub_addrs[0], "tern-bench-hol-small-pub").await?;
     if cfg.cross {
         let limit = cfg.stall.max(CONNECT_TIMEOUT);
         client::sync_interest(&mut [&mut publ], &mut [&mut sub], &probe, "2", limit).await?;
@@ -519,7 +521,7 @@ async fn small_phase(
                     }
                 }
                 Op::Ping => {
-                    timeout(cfg.stall, sub.stream.write_all(b"PONG\r\n")).await??;
+                    timeout(cfg.stall, sub.stream.send(b"PONG\r\n")).await??;
                 }
                 Op::Err(t) => {
                     return err(format!("server error: {}", String::from_utf8_lossy(&t)))
@@ -530,7 +532,7 @@ async fn small_phase(
                 stamp(&mut body, tag, clock.elapsed().as_nanos() as u64);
                 frame.clear();
                 encode::write_pub(&mut frame, SMALL_SUBJECT.as_bytes(), None, &body);
-                timeout(cfg.stall, publ.stream.write_all(&frame)).await??;
+                timeout(cfg.stall, publ.stream.send(&frame)).await??;
                 sent += 1;
                 if sent == n {
                     grace_end = Instant::now() + GRACE;

@@ -9,6 +9,7 @@
 //! comparison in `scripts/bench-compare` fair.
 
 mod client;
+mod connect;
 mod counter;
 mod hol;
 mod report;
@@ -44,6 +45,10 @@ pub enum Scenario {
     /// on subject `big` as fast as a subscriber takes them. Meant to run
     /// across a cluster: `--pub-server A --sub-server B`.
     Hol,
+    /// Connection set-up rate: `--msgs` connections (default 2,000), each
+    /// TCP connect (+ TLS) + INFO/CONNECT/PING/PONG and close, `--parallel`
+    /// at a time; reports connections/s and set-up latency percentiles.
+    Connect,
 }
 
 impl fmt::Display for Scenario {
@@ -56,6 +61,7 @@ impl fmt::Display for Scenario {
             Scenario::Queue => "queue",
             Scenario::Reqrep => "reqrep",
             Scenario::Hol => "hol",
+            Scenario::Connect => "connect",
         })
     }
 }
@@ -84,8 +90,9 @@ pub struct BenchArgs {
     pub server: String,
 
     /// Messages to publish in total (split across publishers), requests for
-    /// reqrep, or small messages per phase for hol. Default: 1,000,000;
-    /// 20,000 for reqrep; 2,000 for hol.
+    /// reqrep, small messages per phase for hol, or connections for
+    /// connect. Default: 1,000,000; 20,000 for reqrep; 2,000 for hol and
+    /// connect.
     #[arg(long)]
     pub msgs: Option<u64>,
 
@@ -168,14 +175,28 @@ pub struct MoreArgs {
     pub big_rate: f64,
 
     /// Unmeasured requests before a reqrep run (default: 1,000, capped at
-    /// msgs), or unmeasured small messages before hol's first phase
-    /// (default 100).
+    /// msgs), unmeasured small messages before hol's first phase (default
+    /// 100), or unmeasured connections before connect's (default 100).
     #[arg(long)]
     pub warmup: Option<u64>,
 
     /// Runtime worker threads for the client (default: available cores).
     #[arg(long)]
     pub threads: Option<usize>,
+
+    /// Connect over TLS, trusting the CA certificate(s) in this PEM file;
+    /// the server's certificate must name the host of the server URL.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// With --tls-ca: TLS handshake before INFO, for servers configured
+    /// with `handshake_first` (default: INFO in clear, then the handshake).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_first: bool,
+
+    /// connect: connections being set up at the same time.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
 }
 
 /// Parses `16`, `1KB`, `4k`, `1MiB`... into bytes.
@@ -223,6 +244,10 @@ pub(crate) struct Config {
     pub interval: Duration,
     /// hol: time between big messages, if paced.
     pub big_pace: Option<Duration>,
+    /// Plain TCP or TLS, for every connection.
+    pub dial: client::Dial,
+    /// connect: connections set up at the same time.
+    pub parallel: usize,
 }
 
 impl Config {
@@ -242,16 +267,18 @@ impl Config {
             Scenario::Queue => (1, a.subs.unwrap_or(4)),
             Scenario::Reqrep => (1, 1),
             Scenario::Hol => (2, 2),
+            Scenario::Connect => (1, 0),
         };
         if pubs == 0 {
             return Err("--pubs must be at least 1".into());
         }
-        if subs == 0 && scenario != Scenario::Pub {
+        if subs == 0 && !matches!(scenario, Scenario::Pub | Scenario::Connect) {
             return Err("--subs must be at least 1".into());
         }
         let msgs = a.msgs.unwrap_or(match scenario {
             Scenario::Reqrep => 20_000,
             Scenario::Hol => 2_000,
+            Scenario::Connect => 2_000,
             _ => 1_000_000,
         });
         if msgs == 0 {
@@ -304,6 +331,13 @@ impl Config {
         if !(a.timeout > 0.0 && a.timeout.is_finite()) {
             return Err("--timeout must be a positive number of seconds".into());
         }
+        if a.more.parallel == 0 {
+            return Err("--parallel must be at least 1".into());
+        }
+        let dial = match &a.more.tls_ca {
+            Some(ca) => client::Dial::tls(ca, a.more.tls_first)?,
+            None => client::Dial::default(),
+        };
         let threads = a.more.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -327,7 +361,7 @@ impl Config {
             flush_every: a.flush_every,
             max_lead: a.max_lead,
             stall: Duration::from_secs_f64(a.timeout),
-            warmup: if hol {
+            warmup: if hol || scenario == Scenario::Connect {
                 a.more.warmup.unwrap_or(100)
             } else {
                 a.more.warmup.unwrap_or(1_000).min(msgs)
@@ -337,6 +371,8 @@ impl Config {
             interval: Duration::from_micros(a.more.interval_us),
             big_pace: (a.more.big_rate > 0.0)
                 .then(|| Duration::from_secs_f64(1.0 / a.more.big_rate)),
+            dial,
+            parallel: a.more.parallel,
         })
     }
 }
@@ -367,6 +403,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
         match cfg.scenario {
             Scenario::Reqrep => reqrep::run(&cfg).await,
             Scenario::Hol => hol::run(&cfg).await,
+            Scenario::Connect => connect::run(&cfg).await,
             _ => throughput::run(&cfg).await,
         }
     });

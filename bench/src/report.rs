@@ -112,6 +112,13 @@ pub struct Report {
     pub latency_us: Option<Latency>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hol: Option<HolReport>,
+    /// TLS version, cipher suite and key exchange of the first handshake
+    /// (absent over plain TCP), to check both servers negotiated the same.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
+    /// connect: connections set up at the same time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<usize>,
     /// Why the run ended early, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -138,6 +145,12 @@ impl Report {
             lost: 0,
             latency_us: None,
             hol: None,
+            tls: if cfg.dial.is_tls() {
+                Some(cfg.dial.negotiated().unwrap_or_default())
+            } else {
+                None
+            },
+            parallel: (cfg.scenario == Scenario::Connect).then_some(cfg.parallel),
             error: None,
         }
     }
@@ -201,6 +214,34 @@ impl Report {
             }
             return s;
         }
+        if self.scenario == Scenario::Connect.to_string() {
+            s.push_str(&format!(
+                "tern bench connect: {} connections, {} at a time, {}\n",
+                group(self.msgs as f64),
+                self.parallel.unwrap_or(1),
+                target
+            ));
+            s.push_str(&format!("  elapsed   {:.3} s\n", self.elapsed));
+            s.push_str(&format!(
+                "  set-up    {} connections/s  ({} of {} succeeded)\n",
+                group(self.msgs_per_sec),
+                group(self.delivered as f64),
+                group(self.expected as f64)
+            ));
+            if let Some(l) = &self.latency_us {
+                s.push_str(&format!(
+                    "  latency   min {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}  mean {:.1} (us)\n",
+                    l.min, l.p50, l.p90, l.p99, l.max, l.mean
+                ));
+            }
+            if let Some(t) = &self.tls {
+                s.push_str(&format!("  tls       {t}\n"));
+            }
+            if let Some(e) = &self.error {
+                s.push_str(&format!("  error     {e}\n"));
+            }
+            return s;
+        }
         let who = match self.scenario.as_str() {
             "pub" => format!("{} pub", self.pubs),
             "reqrep" => "1 requester / 1 responder".to_string(),
@@ -239,6 +280,9 @@ impl Report {
                     group(self.expected as f64)
                 ));
             }
+        }
+        if let Some(t) = &self.tls {
+            s.push_str(&format!("  tls       {t}\n"));
         }
         if self.lost > 0 {
             s.push_str(&format!(

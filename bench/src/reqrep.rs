@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use nats_proto::{encode, Op};
-use tokio::io::AsyncWriteExt;
 use tokio::time::{timeout, Instant};
 
 use super::client::{err, Conn, Result, CONNECT_TIMEOUT};
@@ -18,13 +17,13 @@ use super::Config;
 
 /// Runs the reqrep scenario.
 pub(crate) async fn run(cfg: &Config) -> Result<Report> {
-    let mut resp = Conn::connect(&cfg.sub_addrs[0], "tern-bench-responder").await?;
+    let mut resp = Conn::connect(&cfg.dial, &cfg.sub_addrs[0], "tern-bench-responder").await?;
     resp.roundtrip(
         format!("SUB {} 1\r\n", cfg.subject).as_bytes(),
         Instant::now() + CONNECT_TIMEOUT,
     )
     .await?;
-    let mut req = Conn::connect(&cfg.pub_addrs[0], "tern-bench-requester").await?;
+    let mut req = Conn::connect(&cfg.dial, &cfg.pub_addrs[0], "tern-bench-requester").await?;
     let inbox = format!("_INBOX.{:016x}", rand::random::<u64>());
     req.roundtrip(
         format!("SUB {inbox}.* 1\r\n").as_bytes(),
@@ -94,12 +93,12 @@ async fn sync(req: &mut Conn, cfg: &Config, inbox: &str) -> Result<()> {
             Some(reply.as_bytes()),
             b"",
         );
-        timeout(cfg.stall, req.stream.write_all(&out)).await??;
+        timeout(cfg.stall, req.stream.send(&out)).await??;
         let wait_until = Instant::now() + Duration::from_millis(25);
         while let Some(op) = req.poll_op(wait_until).await? {
             match op {
                 Op::Msg { subject, .. } if subject == reply.as_bytes() => return Ok(()),
-                Op::Ping => timeout(cfg.stall, req.stream.write_all(b"PONG\r\n")).await??,
+                Op::Ping => timeout(cfg.stall, req.stream.send(b"PONG\r\n")).await??,
                 Op::Err(t) => return err(format!("server error: {}", String::from_utf8_lossy(&t))),
                 _ => {}
             }
@@ -133,7 +132,7 @@ async fn requester(req: &mut Conn, cfg: &Config, inbox: &str) -> Result<(Vec<u64
             &body,
         );
         let t0 = std::time::Instant::now();
-        timeout(cfg.stall, req.stream.write_all(&out)).await??;
+        timeout(cfg.stall, req.stream.send(&out)).await??;
         let deadline = Instant::now() + cfg.stall;
         loop {
             match req
@@ -154,7 +153,7 @@ async fn requester(req: &mut Conn, cfg: &Config, inbox: &str) -> Result<(Vec<u64
                     break;
                 }
                 Op::Ping => {
-                    timeout(cfg.stall, req.stream.write_all(b"PONG\r\n")).await??;
+                    timeout(cfg.stall, req.stream.send(b"PONG\r\n")).await??;
                 }
                 Op::Err(t) => return err(format!("server error: {}", String::from_utf8_lossy(&t))),
                 // A late reply to an earlier request, PONG, +OK, INFO.
@@ -189,7 +188,7 @@ async fn responder(mut conn: Conn) -> Result<()> {
             op = conn.try_next_op()?;
         }
         if !out.is_empty() {
-            conn.stream.write_all(&out).await?;
+            conn.stream.send(&out).await?;
             out.clear();
         }
     }

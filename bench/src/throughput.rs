@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
@@ -163,7 +163,7 @@ pub(crate) async fn run(cfg: &Config) -> Result<Report> {
     let mut sub_conns = Vec::with_capacity(cfg.subs);
     for i in 0..cfg.subs {
         let addr = &cfg.sub_addrs[i % cfg.sub_addrs.len()];
-        let mut c = Conn::connect(addr, &format!("tern-bench-sub-{i}")).await?;
+        let mut c = Conn::connect(&cfg.dial, addr, &format!("tern-bench-sub-{i}")).await?;
         let mut sub = match &cfg.queue {
             Some(q) => format!("SUB {} {q} 1\r\n", cfg.subject),
             None => format!("SUB {} 1\r\n", cfg.subject),
@@ -178,7 +178,7 @@ pub(crate) async fn run(cfg: &Config) -> Result<Report> {
     let mut pub_conns = Vec::with_capacity(cfg.pubs);
     for i in 0..cfg.pubs {
         let addr = &cfg.pub_addrs[i % cfg.pub_addrs.len()];
-        pub_conns.push(Conn::connect(addr, &format!("tern-bench-pub-{i}")).await?);
+        pub_conns.push(Conn::connect(&cfg.dial, addr, &format!("tern-bench-pub-{i}")).await?);
     }
     if cfg.cross && cfg.subs > 0 {
         // One probing publisher per distinct publisher server.
@@ -319,7 +319,7 @@ async fn publisher(
             wait_for_subscribers(sh, n, plan.max_lead, stall).await?;
         }
         let bytes = &plan.batch[..n as usize * plan.frame_len];
-        timeout(stall, conn.stream.write_all(bytes)).await??;
+        timeout(stall, conn.stream.send(bytes)).await??;
         sent += n;
         if let Some(sh) = shared {
             sh.published.0.fetch_add(n, Ordering::AcqRel);
@@ -327,7 +327,7 @@ async fn publisher(
         since_ping += 1;
         if since_ping == plan.ping_every {
             since_ping = 0;
-            timeout(stall, conn.stream.write_all(b"PING\r\n")).await??;
+            timeout(stall, conn.stream.send(b"PING\r\n")).await??;
             pings_out += 1;
             while pings_out > 1 {
                 conn.wait_pong(Instant::now() + stall).await?;
@@ -335,7 +335,7 @@ async fn publisher(
             }
         }
     }
-    timeout(stall, conn.stream.write_all(b"PING\r\n")).await??;
+    timeout(stall, conn.stream.send(b"PING\r\n")).await??;
     pings_out += 1;
     while pings_out > 0 {
         conn.wait_pong(Instant::now() + stall).await?;
@@ -402,7 +402,7 @@ async fn subscriber(
             filled -= fed.consumed;
         }
         for _ in 0..fed.pings {
-            stream.write_all(b"PONG\r\n").await?;
+            stream.send(b"PONG\r\n").await?;
         }
         if fed.msgs > 0 {
             count += fed.msgs;
