@@ -225,6 +225,14 @@ impl Outbound {
                     let _ = tokio::time::timeout(deadline, sink.shutdown()).await;
                     return Ok(());
                 }
+                // Before idling, push out what a TLS layer may still hold
+                // (its write can return with records buffered when the socket
+                // is full); a no-op on plain TCP.
+                match tokio::time::timeout(deadline, sink.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(WriteFailure::Io),
+                    Err(_) => return Err(WriteFailure::Deadline),
+                }
                 self.wake.notified().await;
                 continue;
             }
@@ -256,4 +264,63 @@ pub enum WriteFailure {
     Io,
     /// A write did not complete within the write deadline: a slow consumer.
     Deadline,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    /// A sink that, like a TLS stream, may keep written bytes until flushed.
+    #[derive(Clone, Default)]
+    struct BufferingSink {
+        held: Arc<Mutex<Vec<u8>>>,
+        delivered: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl AsyncWrite for BufferingSink {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.held.lock().extend_from_slice(data);
+            Poll::Ready(Ok(data.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            let mut held = self.held.lock();
+            self.delivered.lock().extend_from_slice(&held);
+            held.clear();
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn writer_flushes_before_idling() {
+        let out = Arc::new(Outbound::new(1 << 20));
+        let sink = BufferingSink::default();
+        let delivered = sink.delivered.clone();
+        let writer = {
+            let out = out.clone();
+            tokio::spawn(async move { out.run_writer(sink, Duration::from_secs(5)).await })
+        };
+        let _ = out.push(None, |b| b.extend_from_slice(b"PING\r\n"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while delivered.lock().as_slice() != b"PING\r\n" {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "bytes held by the sink were never flushed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        out.close();
+        writer.await.unwrap().unwrap();
+    }
 }
