@@ -131,7 +131,6 @@ pub struct ServerArgs {
     /// Client URL to advertise in INFO connect_urls.
     #[arg(long = "client_advertise", value_name = "HOST:PORT")]
     pub client_advertise: Option<String>,
-    /// File holding the server's nkey seed (created on first start).
     /// Enable TLS on the client port, without verifying clients.
     #[arg(long = "tls")]
     pub tls: bool,
@@ -147,6 +146,7 @@ pub struct ServerArgs {
     /// CA certificates client certificates are checked against.
     #[arg(long = "tlscacert", value_name = "FILE")]
     pub tlscacert: Option<PathBuf>,
+    /// File holding the server's nkey seed (created on first start).
     #[arg(long = "server_key_file", value_name = "FILE")]
     pub server_key_file: Option<PathBuf>,
     /// Send a signal to a running server and exit: ldm, stop, quit, term,
