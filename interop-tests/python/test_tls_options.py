@@ -99,3 +99,30 @@ def test_curve_preferences(server_factory, tmp_path):
         return ctx
     assert attempt(srv, tls13("secp384r1")) == b"PONG\r\n"
     assert attempt(srv, tls13("prime256v1")) == b""
+
+
+def test_handshake_first_with_fallback_delay(server_factory, tmp_path):
+    """`handshake_first: "300ms"`: TLS-first clients handshake at once; a
+    client that says nothing for 300 ms gets INFO in clear and must then
+    upgrade as usual. Plaintext is still refused."""
+    import time
+    pki = authkit.make_tls(tmp_path / "pki")
+    srv = server_factory(config=pki.block(handshake_first="300ms"))
+    ctx = authkit.client_context(pki.ca)
+    first = tls_raw(srv, ctx, first=True)
+    first.connect()
+    assert first.ping_pong() == b"PONG\r\n"
+    first.close()
+    # Classic TLS client: waits for INFO (after the delay), then upgrades.
+    t0 = time.monotonic()
+    classic = tls_raw(srv, ctx)
+    assert time.monotonic() - t0 >= 0.2
+    assert classic.info["tls_required"] is True
+    classic.connect()
+    assert classic.ping_pong() == b"PONG\r\n"
+    classic.close()
+    # Plaintext after the fallback INFO: closed, nothing more said.
+    with harness.RawConn(srv.host, srv.port, timeout=5) as c:
+        assert c.info["tls_required"] is True
+        c.send(b'CONNECT {"verbose":false}\r\nPING\r\n')
+        assert c.read_until_close(timeout=5) == b""

@@ -568,7 +568,7 @@ impl Server {
                 self.remove_client(&client);
                 return;
             }
-            if allow_non_tls || tls.first_fallback.is_some() {
+            if allow_non_tls {
                 let is_tls = transport::tls::sniff_tls(&stream, tls.timeout).await;
                 if is_tls != Some(true) {
                     // A plaintext client (or a silent one, which the auth
