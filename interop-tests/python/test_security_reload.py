@@ -6,28 +6,15 @@ Checked against nats-server too (SERVER_UNDER_TEST=nats-server)."""
 from __future__ import annotations
 
 import shutil
-import ssl
 
 import authkit
 import harness
 from authkit import NKey
 from test_reload import reload
 from test_tls import tls_raw
+from test_tls_options import attempt as tls_ping
 
 AV = b"-ERR 'Authorization Violation'\r\n"
-
-
-def tls_ping(srv: harness.Server, ctx: ssl.SSLContext) -> bytes:
-    """PONG over a fresh TLS connection, or b"" when the handshake fails."""
-    try:
-        c = tls_raw(srv, ctx)
-    except (ssl.SSLError, OSError):
-        return b""
-    try:
-        c.connect()
-        return c.ping_pong()
-    finally:
-        c.close()
 
 
 def test_reload_applies_renewed_certificate(server_factory, tmp_path):

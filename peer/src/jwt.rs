@@ -1511,21 +1511,8 @@ fn migrate_v1(
     };
     let mut nats = match kind {
         "user" => {
-            let mut n = pick(
-                &[
-                    "pub",
-                    "sub",
-                    "resp",
-                    "src",
-                    "times",
-                    "times_location",
-                    "subs",
-                    "data",
-                    "payload",
-                    "bearer_token",
-                ],
-                &old,
-            );
+            // v1 knew the permission fields up to `bearer_token`.
+            let mut n = pick(&USER_PERMISSION_FIELDS[..10], &old);
             for k in ["subs", "data", "payload"] {
                 n.entry(k).or_insert(Value::from(NO_LIMIT));
             }

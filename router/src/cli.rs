@@ -267,13 +267,7 @@ impl ServerArgs {
         if !(self.tls || self.tlsverify) && opts.tls.is_none() {
             return Ok(());
         }
-        let mut t = opts.tls.clone().unwrap_or(crate::options::ClientTls {
-            settings: Default::default(),
-            timeout: transport::tls::DEFAULT_TLS_TIMEOUT,
-            handshake_first: false,
-            first_fallback: None,
-            verify_and_map: false,
-        });
+        let mut t = opts.tls.clone().unwrap_or_default();
         if let Some(c) = &self.tlscert {
             t.settings.cert_file = c.clone();
         }

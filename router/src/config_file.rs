@@ -265,9 +265,8 @@ fn resolver(v: &Value) -> Result<Resolver, ConfigError> {
                 }
             }
             "dir" => dir = Some(e.value.as_str()?.to_owned()),
-            // Settings of nats-server's resolver that do not apply to a
-            // read-only directory.
-            "allow_delete" | "interval" | "limit" | "timeout" | "ttl" | "hard_delete" => {}
+            // nats-server's other resolver settings (allow_delete, interval,
+            // limit, timeout, ttl, ...) do not apply to a read-only directory.
             _ => {}
         }
     }
@@ -278,13 +277,7 @@ fn resolver(v: &Value) -> Result<Resolver, ConfigError> {
 /// `tls {}` for the client port, with nats-server's keys and defaults.
 fn client_tls(block: &Value, warnings: &mut Vec<String>) -> Result<ClientTls, ConfigError> {
     let m = block.as_map()?;
-    let mut t = ClientTls {
-        settings: Default::default(),
-        timeout: transport::tls::DEFAULT_TLS_TIMEOUT,
-        handshake_first: false,
-        first_fallback: None,
-        verify_and_map: false,
-    };
+    let mut t = ClientTls::default();
     let strings = |v: &Value| -> Result<Vec<String>, ConfigError> {
         match v.as_array() {
             Ok(a) => a.iter().map(|x| Ok(x.as_str()?.to_owned())).collect(),

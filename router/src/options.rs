@@ -131,6 +131,19 @@ pub struct ClientTls {
     pub verify_and_map: bool,
 }
 
+impl Default for ClientTls {
+    /// nats-server's defaults for a `tls {}` block that sets only files.
+    fn default() -> Self {
+        ClientTls {
+            settings: Default::default(),
+            timeout: transport::tls::DEFAULT_TLS_TIMEOUT,
+            handshake_first: false,
+            first_fallback: None,
+            verify_and_map: false,
+        }
+    }
+}
+
 impl Options {
     /// Checks combinations nats-server refuses at start-up.
     pub fn validate(&self) -> Result<(), String> {

@@ -152,15 +152,13 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>
     } else {
         builder.with_no_client_auth()
     };
-    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+    let config = builder.with_single_cert(certs, key).map_err(|e| {
         TlsConfigError(format!(
             "certificate {} and key {} do not form a pair: {e}",
             settings.cert_file.display(),
             settings.key_file.display()
         ))
     })?;
-    // Both spellings clients use; NATS over TLS is not negotiated by ALPN.
-    config.alpn_protocols = Vec::new();
     Ok(Arc::new(config))
 }
 
