@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
-use async_nats::{ConnectOptions, Event, HeaderMap, Message, Subscriber};
+use async_nats::{ConnectOptions, HeaderMap, Message, Subscriber};
 use bytes::Bytes;
 use common::{RawConn, Server};
 use futures::{FutureExt, StreamExt};
@@ -463,33 +463,8 @@ async fn reconnect_after_server_restart() {
     assert_ne!(server.pid(), old_pid);
 
     bounded(30, async {
-        loop {
-            match events.recv().await.expect("event channel open") {
-                Event::Disconnected => break,
-                e => eprintln!("event before disconnect: {e}"),
-            }
-        }
-        loop {
-            match events.recv().await.expect("event channel open") {
-                Event::Connected => break,
-                e => eprintln!("event before reconnect: {e}"),
-            }
-        }
-        // The subscription is restored on the new server process. Publish
-        // until one arrives: the resubscription and the publish race.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            client
-                .publish("survives", format!("after {attempt}").into())
-                .await
-                .unwrap();
-            client.flush().await.unwrap();
-            if let Ok(m) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
-                assert!(m.expect("subscription open").payload.starts_with(b"after "));
-                break;
-            }
-        }
+        // The subscription is restored on the new server process.
+        common::await_reconnect_and_delivery(&mut events, &client, &mut sub, "survives").await;
         // A fresh client on the restarted server interoperates with the old one.
         let other = connect(&server).await;
         other.publish("survives", "fresh".into()).await.unwrap();

@@ -483,33 +483,8 @@ async fn tls_reconnect_after_server_restart() {
     assert_eq!(server.port, old_port);
 
     bounded(40, async {
-        loop {
-            match events.recv().await.expect("event channel open") {
-                Event::Disconnected => break,
-                e => eprintln!("event before disconnect: {e}"),
-            }
-        }
-        loop {
-            match events.recv().await.expect("event channel open") {
-                Event::Connected => break,
-                e => eprintln!("event before reconnect: {e}"),
-            }
-        }
-        // The subscription is restored over a new TLS session. Publish until
-        // one arrives: the resubscription and the publish race.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            client
-                .publish("tls.restart", format!("after {attempt}").into())
-                .await
-                .unwrap();
-            client.flush().await.unwrap();
-            if let Ok(m) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
-                assert!(m.expect("subscription open").payload.starts_with(b"after "));
-                break;
-            }
-        }
+        // The subscription is restored over a new TLS session.
+        common::await_reconnect_and_delivery(&mut events, &client, &mut sub, "tls.restart").await;
         // A fresh TLS client on the restarted server reaches the old one.
         let other = connect(pki.client(), &server).await;
         other.publish("tls.restart", "fresh".into()).await.unwrap();

@@ -409,3 +409,40 @@ impl RawConn {
         }
     }
 }
+
+/// After a server restart: waits for the client's `Disconnected` then
+/// `Connected` events, then publishes to `subject` until `sub` (restored by
+/// the client's resubscription, which races the publish) receives one.
+pub async fn await_reconnect_and_delivery(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
+    client: &async_nats::Client,
+    sub: &mut async_nats::Subscriber,
+    subject: &'static str,
+) {
+    use futures::StreamExt;
+    for (wanted, before) in [
+        (async_nats::Event::Disconnected, "disconnect"),
+        (async_nats::Event::Connected, "reconnect"),
+    ] {
+        loop {
+            let e = events.recv().await.expect("event channel open");
+            if e == wanted {
+                break;
+            }
+            eprintln!("event before {before}: {e}");
+        }
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        client
+            .publish(subject, format!("after {attempt}").into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+            assert!(m.expect("subscription open").payload.starts_with(b"after "));
+            break;
+        }
+    }
+}
